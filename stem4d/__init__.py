@@ -1,0 +1,80 @@
+"""stem4d: 4D-STEM analysis on plain xarray objects.
+
+Datasets are ``xarray.DataArray`` objects whose named coordinates carry the
+calibration (see :mod:`stem4d.datacube`); analyses are pure functions that return new
+xarray objects, also reachable as methods of the ``.stem`` accessor. Submodules load on
+first use, so ``import stem4d`` stays fast (JAX loads only for ptychography).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from . import accessor as _accessor  # noqa: F401  (registers the .stem accessor)
+from .datacube import (
+    calibration_summary,
+    convert_q_units,
+    datacube,
+    electron_wavelength,
+    flip_q,
+    flip_r,
+    interaction_parameter,
+    origin,
+    q_pixel_size,
+    r_pixel_size,
+    reshape_scan,
+    set_beam,
+    set_origin,
+    set_q_calibration,
+    set_r_calibration,
+    swap_rq,
+    transpose_q,
+    transpose_r,
+    validate_cube,
+)
+
+__version__ = "0.1.0.dev0"
+
+# public name -> module that defines it (imported on first access)
+_LAZY_FUNCTIONS = {
+    "open": "stem4d.io",
+    "save": "stem4d.io",
+    "read_npy": "stem4d.io",
+    "read_empad": "stem4d.io",
+    "read_hdf5": "stem4d.io",
+    "read_py4dstem": "stem4d.io",
+    "read_rsciio": "stem4d.io",
+    "bin_q": "stem4d.preprocess",
+    "bin_r": "stem4d.preprocess",
+    "crop_q": "stem4d.preprocess",
+    "crop_r": "stem4d.preprocess",
+    "pad_q": "stem4d.preprocess",
+    "resample_q": "stem4d.preprocess",
+    "thin_r": "stem4d.preprocess",
+    "filter_hot_pixels": "stem4d.preprocess",
+    "median_filter_masked_pixels": "stem4d.preprocess",
+    "virtual_image": "stem4d.virtual",
+    "virtual_diffraction": "stem4d.virtual",
+}
+_LAZY_MODULES = {"detectors", "virtual", "io", "preprocess", "simulate", "plot", "cli"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_FUNCTIONS:
+        return getattr(importlib.import_module(_LAZY_FUNCTIONS[name]), name)
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"stem4d.{name}")
+    raise AttributeError(f"module 'stem4d' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_FUNCTIONS) | _LAZY_MODULES)
+
+
+__all__ = [
+    "calibration_summary", "convert_q_units", "datacube", "electron_wavelength", "flip_q",
+    "flip_r", "interaction_parameter", "origin", "q_pixel_size", "r_pixel_size",
+    "reshape_scan", "set_beam", "set_origin", "set_q_calibration", "set_r_calibration",
+    "swap_rq", "transpose_q", "transpose_r", "validate_cube", *_LAZY_FUNCTIONS,
+]

@@ -1,0 +1,580 @@
+"""Building and calibrating a 4D-STEM datacube.
+
+A datacube is a plain :class:`xarray.DataArray` with dims ``("rx", "ry", "qx", "qy")``:
+``rx`` is the slow scan axis (rows), ``ry`` the fast one, ``qx``/``qy`` the detector
+rows and columns. **The coordinates are the calibration**:
+
+* ``rx``, ``ry`` hold probe positions, ``attrs["units"]`` is ``"Å"`` (or ``"pixels"``);
+* ``qx``, ``qy`` hold reciprocal-space positions in ``"1/Å"``, ``"mrad"`` or
+  ``"pixels"``; once the origin is set, ``qx = qy = 0`` is the mean origin
+  (before that, ``0`` is the first detector pixel);
+* a per-position origin is the pair of 2-D coordinates ``qx0(rx, ry)``, ``qy0(rx, ry)``
+  holding the origin's position *in the cube's own q coordinates* (same units);
+* scalar calibrations are 0-d coordinates with a ``units`` attr: ``beam_energy`` (eV),
+  ``convergence_semiangle`` (mrad).
+
+Every function here returns a new DataArray and mutates nothing. Origins passed in are
+in detector pixels (fractional row/column index), the natural output of a measurement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+__all__ = [
+    "CUBE_DIMS",
+    "SCAN_DIMS",
+    "DETECTOR_DIMS",
+    "electron_wavelength",
+    "interaction_parameter",
+    "datacube",
+    "validate_cube",
+    "r_pixel_size",
+    "q_pixel_size",
+    "origin",
+    "set_r_calibration",
+    "set_q_calibration",
+    "set_origin",
+    "set_beam",
+    "convert_q_units",
+    "calibration_summary",
+    "reshape_scan",
+    "swap_rq",
+    "transpose_r",
+    "transpose_q",
+    "flip_r",
+    "flip_q",
+]
+
+SCAN_DIMS: tuple[str, str] = ("rx", "ry")
+DETECTOR_DIMS: tuple[str, str] = ("qx", "qy")
+CUBE_DIMS: tuple[str, str, str, str] = SCAN_DIMS + DETECTOR_DIMS
+
+# CODATA 2018
+_H = 6.62607015e-34  # J s
+_C = 299792458.0  # m / s
+_E = 1.602176634e-19  # C
+_M0 = 9.1093837015e-31  # kg
+
+_R_UNITS = {  # spelling -> (canonical, factor to canonical)
+    "Å": ("Å", 1.0), "A": ("Å", 1.0), "angstrom": ("Å", 1.0), "Angstrom": ("Å", 1.0),
+    "ang": ("Å", 1.0), "nm": ("Å", 10.0), "pm": ("Å", 0.01),
+    "pixels": ("pixels", 1.0), "pixel": ("pixels", 1.0), "px": ("pixels", 1.0),
+    "pix": ("pixels", 1.0),
+}
+_Q_UNITS = {
+    "1/Å": ("1/Å", 1.0), "1/A": ("1/Å", 1.0), "A^-1": ("1/Å", 1.0), "Å^-1": ("1/Å", 1.0),
+    "A-1": ("1/Å", 1.0), "1/angstrom": ("1/Å", 1.0), "1/nm": ("1/Å", 0.1),
+    "nm^-1": ("1/Å", 0.1), "mrad": ("mrad", 1.0), "rad": ("mrad", 1000.0),
+    "pixels": ("pixels", 1.0), "pixel": ("pixels", 1.0), "px": ("pixels", 1.0),
+    "pix": ("pixels", 1.0),
+}
+
+
+# --------------------------------------------------------------------------- physics
+def electron_wavelength(beam_energy: float | np.ndarray) -> float | np.ndarray:
+    """Relativistic electron wavelength.
+
+    Parameters
+    ----------
+    beam_energy
+        Kinetic energy of the electrons, eV (e.g. ``300e3`` for 300 kV).
+
+    Returns
+    -------
+    Wavelength λ = h c / sqrt(E (2 m0 c² + E)), Å (300 kV → 0.019687 Å).
+    """
+    energy_j = np.asarray(beam_energy, dtype=float) * _E
+    if np.any(energy_j <= 0):
+        raise ValueError(f"beam_energy must be positive (eV), got {beam_energy!r}")
+    lam = _H * _C / np.sqrt(energy_j * (2 * _M0 * _C**2 + energy_j)) * 1e10
+    return float(lam) if lam.ndim == 0 else lam
+
+
+def interaction_parameter(beam_energy: float) -> float:
+    """Relativistic interaction parameter σ = 2π m e λ / h², rad / (V Å).
+
+    Multiply by 1000 for the mrad V⁻¹ Å⁻¹ of tables (300 kV → 0.6526).
+    """
+    lam_m = electron_wavelength(beam_energy) * 1e-10
+    gamma = 1 + beam_energy * _E / (_M0 * _C**2)
+    return 2 * np.pi * gamma * _M0 * _E * lam_m / _H**2 * 1e-10
+
+
+# --------------------------------------------------------------------- unit helpers
+def _normalize_units(units: Any, table: dict, argname: str) -> tuple[str, float]:
+    if not isinstance(units, str) or units.strip() not in table:
+        allowed = sorted({v[0] for v in table.values()})
+        raise ValueError(
+            f"{argname} must be one of {allowed} (or a common spelling of them), got {units!r}"
+        )
+    return table[units.strip()]
+
+
+def _pair(value: Any, argname: str) -> tuple[float, float]:
+    if np.ndim(value) == 0:
+        value = (value, value)
+    if len(value) != 2:
+        raise ValueError(f"{argname} must be a number or a pair of numbers, got {value!r}")
+    out = (float(value[0]), float(value[1]))
+    if not all(np.isfinite(out)) or min(out) <= 0:
+        raise ValueError(f"{argname} must be positive and finite, got {value!r}")
+    return out
+
+
+def _axis_coord(name: str, n: int, step: float, origin_px: float, units: str) -> xr.Variable:
+    values = (np.arange(n, dtype=float) - origin_px) * step
+    return xr.Variable((name,), values, attrs={"units": units})
+
+
+def _axis_step(obj: xr.DataArray | xr.Dataset, dim: str) -> float:
+    coord = obj.coords[dim]
+    if coord.size >= 2:
+        return float(coord.values[1] - coord.values[0])
+    if "step" in coord.attrs:
+        return float(coord.attrs["step"])
+    return 1.0
+
+
+def _axis_units(obj: xr.DataArray | xr.Dataset, dim: str) -> str:
+    return obj.coords[dim].attrs.get("units", "pixels")
+
+
+def _axis_origin_px(obj: xr.DataArray | xr.Dataset, dim: str) -> float:
+    """Fractional pixel index where the coordinate ``dim`` is zero."""
+    return float(-obj.coords[dim].values[0] / _axis_step(obj, dim))
+
+
+def _scalar_coord(value: float, units: str) -> xr.Variable:
+    return xr.Variable((), float(value), attrs={"units": units})
+
+
+# ------------------------------------------------------------------------ building
+def datacube(
+    data: Any,
+    *,
+    r_step: float | Sequence[float] = 1.0,
+    r_units: str = "pixels",
+    q_step: float | Sequence[float] = 1.0,
+    q_units: str = "pixels",
+    beam_energy: float | None = None,
+    convergence_semiangle: float | None = None,
+    origin: tuple[Any, Any] | None = None,
+    name: str = "datacube",
+    attrs: dict | None = None,
+) -> xr.DataArray:
+    """Build a validated, calibrated 4D datacube.
+
+    Parameters
+    ----------
+    data
+        numpy or dask array of shape ``(rx, ry, qx, qy)``: scan rows (slow), scan
+        columns (fast), detector rows, detector columns.
+    r_step
+        Scan step, in ``r_units`` per probe position (one number or ``(rx, ry)``).
+    r_units
+        ``"Å"``, ``"nm"`` (converted to Å) or ``"pixels"``.
+    q_step
+        Detector pixel size in ``q_units`` per pixel (one number or ``(qx, qy)``).
+    q_units
+        ``"1/Å"``, ``"1/nm"`` (converted), ``"mrad"`` or ``"pixels"``.
+    beam_energy
+        Electron kinetic energy, eV.
+    convergence_semiangle
+        Probe convergence semiangle, mrad.
+    origin
+        ``(qx0, qy0)`` of the unscattered beam in detector pixels: two numbers, or two
+        ``(rx, ry)`` arrays for a per-position origin. See :func:`set_origin`.
+    name, attrs
+        Name and attrs of the returned DataArray.
+
+    Returns
+    -------
+    DataArray with dims ``("rx", "ry", "qx", "qy")`` and calibrated coordinates.
+    """
+    if isinstance(data, xr.DataArray):
+        data = data.data
+    if not hasattr(data, "shape") or not hasattr(data, "dtype"):
+        data = np.asarray(data)
+    if data.ndim != 4:
+        raise ValueError(
+            "data must be 4-D (rx, ry, qx, qy): scan rows, scan columns, detector rows, "
+            f"detector columns; got {data.ndim}-D with shape {tuple(data.shape)}. "
+            "For a flat scan (N, qx, qy) use stem4d.reshape_scan."
+        )
+    if not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
+        raise TypeError(f"data must hold numbers, got dtype {data.dtype}")
+    if min(data.shape) < 1:
+        raise ValueError(f"data must not be empty, got shape {tuple(data.shape)}")
+    _reject_all_nan(data, "data")
+    r_units_c, r_fac = _normalize_units(r_units, _R_UNITS, "r_units")
+    q_units_c, q_fac = _normalize_units(q_units, _Q_UNITS, "q_units")
+    rs = _pair(r_step, "r_step")
+    qs = _pair(q_step, "q_step")
+    coords = {
+        "rx": _axis_coord("rx", data.shape[0], rs[0] * r_fac, 0.0, r_units_c),
+        "ry": _axis_coord("ry", data.shape[1], rs[1] * r_fac, 0.0, r_units_c),
+        "qx": _axis_coord("qx", data.shape[2], qs[0] * q_fac, 0.0, q_units_c),
+        "qy": _axis_coord("qy", data.shape[3], qs[1] * q_fac, 0.0, q_units_c),
+    }
+    cube = xr.DataArray(data, dims=CUBE_DIMS, coords=coords, name=name, attrs=dict(attrs or {}))
+    if beam_energy is not None or convergence_semiangle is not None:
+        cube = set_beam(cube, beam_energy=beam_energy,
+                        convergence_semiangle=convergence_semiangle)
+    if origin is not None:
+        if len(origin) != 2:
+            raise ValueError(f"origin must be a pair (qx0, qy0) in pixels, got {origin!r}")
+        cube = set_origin(cube, origin[0], origin[1])
+    return cube
+
+
+def _reject_all_nan(data: Any, argname: str) -> None:
+    """Raise if a numpy float array is entirely NaN (cheap when it is not)."""
+    if not isinstance(data, np.ndarray) or not np.issubdtype(data.dtype, np.floating):
+        return
+    step = max(1, data.size // 4096)
+    if not np.all(np.isnan(data.reshape(-1)[::step])):
+        return
+    if np.all(np.isnan(data)):
+        raise ValueError(f"{argname} is entirely NaN: there is nothing to analyse")
+
+
+def validate_cube(cube: Any, argname: str = "cube") -> xr.DataArray:
+    """Check that ``cube`` is a 4D datacube DataArray and return it.
+
+    Raises ``TypeError``/``ValueError`` naming ``argname`` when it is not an
+    ``xarray.DataArray`` with dims ``("rx", "ry", "qx", "qy")`` and unit-carrying
+    coordinates.
+    """
+    if not isinstance(cube, xr.DataArray):
+        raise TypeError(
+            f"{argname} must be an xarray.DataArray with dims {CUBE_DIMS} "
+            f"(see stem4d.datacube), got {type(cube).__name__}"
+        )
+    if tuple(cube.dims) != CUBE_DIMS:
+        raise ValueError(f"{argname} must have dims {CUBE_DIMS}, got {tuple(cube.dims)}")
+    for dim in CUBE_DIMS:
+        if dim not in cube.coords:
+            raise ValueError(
+                f"{argname} has no '{dim}' coordinate: build it with stem4d.datacube"
+            )
+        if "units" not in cube.coords[dim].attrs:
+            raise ValueError(
+                f"{argname}.coords['{dim}'] has no 'units' attr: expected one of "
+                "'Å'/'pixels' (rx, ry) or '1/Å'/'mrad'/'pixels' (qx, qy)"
+            )
+    return cube
+
+
+# ---------------------------------------------------------------------- reading
+def r_pixel_size(cube: xr.DataArray) -> tuple[float, float, str]:
+    """Scan step ``(along rx, along ry, units)``."""
+    return _axis_step(cube, "rx"), _axis_step(cube, "ry"), _axis_units(cube, "rx")
+
+
+def q_pixel_size(obj: xr.DataArray | xr.Dataset) -> tuple[float, float, str]:
+    """Detector pixel size ``(along qx, along qy, units)`` of a cube or pattern."""
+    return _axis_step(obj, "qx"), _axis_step(obj, "qy"), _axis_units(obj, "qx")
+
+
+def origin(obj: xr.DataArray | xr.Dataset) -> tuple[Any, Any]:
+    """Origin in detector pixels (fractional row, column index).
+
+    Returns two floats (the mean origin, where ``qx = qy = 0``) or, when the cube has
+    a per-position origin, two ``(rx, ry)`` DataArrays.
+    """
+    ox, oy = _axis_origin_px(obj, "qx"), _axis_origin_px(obj, "qy")
+    if "qx0" in obj.coords and "qy0" in obj.coords:
+        sx, sy = _axis_step(obj, "qx"), _axis_step(obj, "qy")
+        qx0 = (obj.coords["qx0"] / sx + ox).rename("qx0")
+        qy0 = (obj.coords["qy0"] / sy + oy).rename("qy0")
+        qx0.attrs, qy0.attrs = {"units": "pixels"}, {"units": "pixels"}
+        return qx0.reset_coords(drop=True), qy0.reset_coords(drop=True)
+    return ox, oy
+
+
+def calibration_summary(obj: xr.DataArray | xr.Dataset) -> dict[str, Any]:
+    """Calibrations of a stem4d object as a plain dict (for printing)."""
+    out: dict[str, Any] = {}
+    for dim in ("rx", "ry", "qx", "qy"):
+        if dim in obj.coords and obj.coords[dim].ndim == 1:
+            out[f"{dim} step"] = f"{_axis_step(obj, dim):.6g} {_axis_units(obj, dim)}"
+    if "qx" in obj.coords and "qy" in obj.coords:
+        ox, oy = origin(obj)
+        if np.ndim(ox) == 0:
+            out["origin (pixels)"] = f"({ox:.3f}, {oy:.3f})"
+        else:
+            out["origin (pixels)"] = (
+                f"per position, mean ({float(ox.mean()):.3f}, {float(oy.mean()):.3f})"
+            )
+    for name, var in obj.coords.items():
+        if var.ndim == 0:
+            out[str(name)] = f"{var.values.item()!r} {var.attrs.get('units', '')}".strip()
+    return out
+
+
+# ---------------------------------------------------------------------- calibrating
+def set_r_calibration(
+    cube: xr.DataArray, step: float | Sequence[float], units: str = "Å"
+) -> xr.DataArray:
+    """Return ``cube`` with scan step ``step`` (``units`` per position, or a pair)."""
+    units_c, fac = _normalize_units(units, _R_UNITS, "units")
+    sx, sy = _pair(step, "step")
+    return cube.assign_coords(
+        rx=_axis_coord("rx", cube.sizes["rx"], sx * fac, 0.0, units_c),
+        ry=_axis_coord("ry", cube.sizes["ry"], sy * fac, 0.0, units_c),
+    )
+
+
+def set_q_calibration(
+    obj: xr.DataArray | xr.Dataset, pixel_size: float | Sequence[float], units: str = "1/Å"
+) -> xr.DataArray | xr.Dataset:
+    """Return ``obj`` with detector pixel size ``pixel_size`` (``units`` per pixel).
+
+    The origin (in pixels) is kept; ``qx0``/``qy0`` are rescaled.
+    """
+    units_c, fac = _normalize_units(units, _Q_UNITS, "units")
+    sx, sy = _pair(pixel_size, "pixel_size")
+    sx, sy = sx * fac, sy * fac
+    old_sx, old_sy = _axis_step(obj, "qx"), _axis_step(obj, "qy")
+    out = obj.assign_coords(
+        qx=_axis_coord("qx", obj.sizes["qx"], sx, _axis_origin_px(obj, "qx"), units_c),
+        qy=_axis_coord("qy", obj.sizes["qy"], sy, _axis_origin_px(obj, "qy"), units_c),
+    )
+    if "qx0" in obj.coords:
+        out = out.assign_coords(
+            qx0=_with_units(obj.coords["qx0"] * (sx / old_sx), units_c),
+            qy0=_with_units(obj.coords["qy0"] * (sy / old_sy), units_c),
+        )
+    return out
+
+
+def _with_units(coord: xr.DataArray, units: str) -> xr.DataArray:
+    coord = coord.reset_coords(drop=True) if coord.ndim else coord
+    coord.attrs = {"units": units}
+    return coord.variable
+
+
+def set_origin(
+    obj: xr.DataArray | xr.Dataset, qx0: Any, qy0: Any
+) -> xr.DataArray | xr.Dataset:
+    """Return ``obj`` with the origin set and ``qx``/``qy`` re-centred on it.
+
+    Parameters
+    ----------
+    qx0, qy0
+        Origin in detector pixels (fractional row and column index): numbers for one
+        origin, or arrays/DataArrays of shape ``(rx, ry)`` for a per-position origin.
+        A per-position origin is stored as the 2-D coordinates ``qx0``/``qy0`` (in the
+        q units, relative to the mean origin, which becomes ``qx = qy = 0``).
+    """
+    for nm, v in (("qx0", qx0), ("qy0", qy0)):
+        arr = np.asarray(v.data if isinstance(v, xr.DataArray) else v, dtype=float)
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{nm} must be finite detector pixel positions, got NaN/inf")
+    per_position = np.ndim(qx0) > 0 or np.ndim(qy0) > 0
+    out = obj.drop_vars([v for v in ("qx0", "qy0") if v in obj.coords])
+    sx, sy, units = q_pixel_size(obj)
+    if not per_position:
+        return out.assign_coords(
+            qx=_axis_coord("qx", obj.sizes["qx"], sx, float(qx0), units),
+            qy=_axis_coord("qy", obj.sizes["qy"], sy, float(qy0), units),
+        )
+    if "rx" not in obj.dims or "ry" not in obj.dims:
+        raise ValueError("a per-position origin needs an object with 'rx' and 'ry' dims")
+    scan_shape = (obj.sizes["rx"], obj.sizes["ry"])
+    qx0a = np.broadcast_to(np.asarray(getattr(qx0, "values", qx0), float), scan_shape)
+    qy0a = np.broadcast_to(np.asarray(getattr(qy0, "values", qy0), float), scan_shape)
+    for nm, given in (("qx0", qx0), ("qy0", qy0)):
+        if np.ndim(given) > 0 and np.shape(given) != scan_shape:
+            raise ValueError(
+                f"{nm} must have the scan shape {scan_shape} (rx, ry), got {np.shape(given)}"
+            )
+    mx, my = float(qx0a.mean()), float(qy0a.mean())
+    out = out.assign_coords(
+        qx=_axis_coord("qx", obj.sizes["qx"], sx, mx, units),
+        qy=_axis_coord("qy", obj.sizes["qy"], sy, my, units),
+    )
+    return out.assign_coords(
+        qx0=xr.Variable(SCAN_DIMS, (qx0a - mx) * sx, attrs={"units": units}),
+        qy0=xr.Variable(SCAN_DIMS, (qy0a - my) * sy, attrs={"units": units}),
+    )
+
+
+def set_beam(
+    obj: xr.DataArray | xr.Dataset,
+    beam_energy: float | None = None,
+    convergence_semiangle: float | None = None,
+) -> xr.DataArray | xr.Dataset:
+    """Return ``obj`` with ``beam_energy`` (eV) and/or ``convergence_semiangle`` (mrad)."""
+    new = {}
+    if beam_energy is not None:
+        if not np.isfinite(beam_energy) or beam_energy <= 0:
+            raise ValueError(f"beam_energy must be positive, in eV, got {beam_energy!r}")
+        if beam_energy < 1000:
+            raise ValueError(
+                f"beam_energy is in eV (e.g. 300e3 for 300 kV), got {beam_energy!r}"
+            )
+        new["beam_energy"] = _scalar_coord(beam_energy, "eV")
+    if convergence_semiangle is not None:
+        if not np.isfinite(convergence_semiangle) or convergence_semiangle <= 0:
+            raise ValueError(
+                "convergence_semiangle must be positive, in mrad, "
+                f"got {convergence_semiangle!r}"
+            )
+        new["convergence_semiangle"] = _scalar_coord(convergence_semiangle, "mrad")
+    return obj.assign_coords(new)
+
+
+def convert_q_units(obj: xr.DataArray | xr.Dataset, units: str) -> xr.DataArray | xr.Dataset:
+    """Express the detector coordinates in ``units`` (``"1/Å"``, ``"mrad"``, ``"pixels"``).
+
+    1/Å ↔ mrad uses α = 1000 λ k with the relativistic wavelength of the
+    ``beam_energy`` coordinate. Converting from pixels needs a pixel size: use
+    :func:`set_q_calibration` instead.
+    """
+    target, _ = _normalize_units(units, _Q_UNITS, "units")
+    sx, sy, current = q_pixel_size(obj)
+    if target == current:
+        return obj
+    if target == "pixels":
+        factor_x, factor_y = 1 / sx, 1 / sy
+    elif current == "pixels":
+        raise ValueError(
+            f"cannot convert q coordinates from pixels to {target}: the pixel size is "
+            "unknown; set it with stem4d.set_q_calibration"
+        )
+    else:
+        if "beam_energy" not in obj.coords:
+            raise ValueError(
+                f"converting q from {current} to {target} needs the beam energy: "
+                "set it with stem4d.set_beam(obj, beam_energy=...) (eV)"
+            )
+        lam = electron_wavelength(float(obj.coords["beam_energy"]))
+        factor_x = factor_y = 1000 * lam if target == "mrad" else 1 / (1000 * lam)
+    return set_q_calibration(obj, (sx * factor_x, sy * factor_y), target)
+
+
+# ------------------------------------------------------------------- reshaping
+def reshape_scan(stack: Any, scan_shape: tuple[int, int], **calibration: Any) -> xr.DataArray:
+    """Reshape a flat scan ``(N, qx, qy)`` into a datacube ``(rx, ry, qx, qy)``.
+
+    ``stack`` is an array or a DataArray with dims ``("scan", "qx", "qy")``; positions
+    are in raster order with ``ry`` fastest. Detector coordinates of a DataArray are
+    kept; ``calibration`` keywords go to :func:`datacube`.
+    """
+    data = stack.data if isinstance(stack, xr.DataArray) else stack
+    if not hasattr(data, "ndim"):
+        data = np.asarray(data)
+    if data.ndim != 3:
+        raise ValueError(
+            f"stack must be 3-D (N, qx, qy), got {data.ndim}-D with shape {tuple(data.shape)}"
+        )
+    if len(scan_shape) != 2 or scan_shape[0] * scan_shape[1] != data.shape[0]:
+        raise ValueError(
+            f"scan_shape {tuple(scan_shape)} must multiply to the number of patterns "
+            f"{data.shape[0]}"
+        )
+    cube = datacube(data.reshape(tuple(scan_shape) + tuple(data.shape[1:])), **calibration)
+    if isinstance(stack, xr.DataArray):
+        keep = {k: v for k, v in stack.coords.items() if set(v.dims) <= {"qx", "qy"}}
+        cube = cube.assign_coords(keep)
+        cube.attrs.update(stack.attrs)
+    return cube
+
+
+def _rebuild_axes(new: xr.DataArray, old: xr.DataArray, pairs: dict[str, str]) -> xr.DataArray:
+    """Give ``new`` linear coords on each dim using the step/units of ``old``'s dim."""
+    coords = {}
+    for dim, src in pairs.items():
+        coords[dim] = _axis_coord(dim, new.sizes[dim], _axis_step(old, src),
+                                  0.0, _axis_units(old, src))
+    return new.assign_coords(coords)
+
+
+def swap_rq(cube: xr.DataArray) -> xr.DataArray:
+    """Exchange the scan and detector axes of the data (a file stored ``(qx, qy, rx, ry)``).
+
+    Each axis keeps its calibration step and units by name (``rx`` stays a scan
+    axis); an origin, which no longer refers to the same pixels, is dropped.
+    """
+    validate_cube(cube)
+    data = cube.data.transpose(2, 3, 0, 1)
+    new = xr.DataArray(data, dims=CUBE_DIMS, name=cube.name, attrs=cube.attrs)
+    scalars = {k: v for k, v in cube.coords.items() if v.ndim == 0}
+    new = _rebuild_axes(new, cube, {d: d for d in CUBE_DIMS})
+    return new.assign_coords(scalars)
+
+
+def transpose_r(cube: xr.DataArray) -> xr.DataArray:
+    """Exchange the two scan axes (data transposed in real space; ``rx`` stays slow)."""
+    validate_cube(cube)
+    data = cube.data.transpose(1, 0, 2, 3)
+    new = xr.DataArray(data, dims=CUBE_DIMS, name=cube.name, attrs=cube.attrs)
+    new = _rebuild_axes(new, cube, {"rx": "ry", "ry": "rx"})
+    new = new.assign_coords(qx=cube.coords["qx"].variable, qy=cube.coords["qy"].variable)
+    extra = {}
+    for k, v in cube.coords.items():
+        if k in CUBE_DIMS:
+            continue
+        if v.ndim == 0:
+            extra[k] = v.variable
+        elif tuple(v.dims) == SCAN_DIMS:
+            extra[k] = xr.Variable(SCAN_DIMS, v.values.T, attrs=v.attrs)
+    return new.assign_coords(extra)
+
+
+def transpose_q(obj: xr.DataArray) -> xr.DataArray:
+    """Exchange the two detector axes of a cube or pattern (``qx`` ↔ ``qy``)."""
+    ox, oy = origin(obj)
+    sx, sy, units = q_pixel_size(obj)
+    order = [obj.dims.index(d) for d in obj.dims]
+    iqx, iqy = obj.dims.index("qx"), obj.dims.index("qy")
+    order[iqx], order[iqy] = iqy, iqx
+    data = obj.data.transpose(order)
+    new = xr.DataArray(data, dims=obj.dims, name=obj.name, attrs=obj.attrs)
+    keep = {k: v.variable for k, v in obj.coords.items()
+            if k not in ("qx", "qy", "qx0", "qy0")}
+    new = new.assign_coords(keep)
+    new = new.assign_coords(
+        qx=_axis_coord("qx", new.sizes["qx"], sy, 0.0, units),
+        qy=_axis_coord("qy", new.sizes["qy"], sx, 0.0, units),
+    )
+    return set_origin(new, oy, ox)
+
+
+def flip_r(cube: xr.DataArray, axis: str) -> xr.DataArray:
+    """Reverse the scan along ``axis`` (``"rx"`` or ``"ry"``); coordinates stay ascending."""
+    validate_cube(cube)
+    if axis not in SCAN_DIMS:
+        raise ValueError(f"axis must be 'rx' or 'ry', got {axis!r}")
+    flipped = cube.isel({axis: slice(None, None, -1)})
+    return flipped.assign_coords({axis: cube.coords[axis].variable})
+
+
+def flip_q(obj: xr.DataArray, axis: str) -> xr.DataArray:
+    """Reverse the detector along ``axis`` (``"qx"`` or ``"qy"``) of a cube or pattern.
+
+    The data are mirrored; the origin follows the data (pixel ``i`` → ``n-1-i``) and the
+    coordinates are re-centred on it, so they stay ascending.
+    """
+    if axis not in DETECTOR_DIMS:
+        raise ValueError(f"axis must be 'qx' or 'qy', got {axis!r}")
+    ox, oy = origin(obj)
+    n = obj.sizes[axis]
+    flipped = obj.isel({axis: slice(None, None, -1)})
+    sx, sy, units = q_pixel_size(obj)
+    flipped = flipped.drop_vars([v for v in ("qx0", "qy0") if v in flipped.coords])
+    flipped = flipped.assign_coords(
+        qx=_axis_coord("qx", obj.sizes["qx"], sx, 0.0, units),
+        qy=_axis_coord("qy", obj.sizes["qy"], sy, 0.0, units),
+    )
+    if axis == "qx":
+        ox = (n - 1) - ox
+    else:
+        oy = (n - 1) - oy
+    return set_origin(flipped, ox, oy)
