@@ -146,7 +146,9 @@ def bragg_lattice(
     center: Sequence[float] = (0.0, 0.0),
     include_origin: bool = True,
 ) -> xr.DataArray:
-    """Disks of ``radius`` at every lattice point ``center + h g1 + k g2`` with ``|h g1 + k g2| <= q_max``.
+    """Disks of ``radius`` at the lattice points ``center + h g1 + k g2`` within ``q_max``.
+
+    A lattice point is kept when ``|h g1 + k g2| <= q_max`` (py4DSTEM's Bragg mask).
 
     ``g1``, ``g2`` are reciprocal lattice vectors ``(qx, qy)``, all lengths in coordinate
     units. ``include_origin=False`` leaves out the central (0, 0) disk (dark-field use).
