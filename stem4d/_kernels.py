@@ -31,28 +31,34 @@ def nonzero_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
-class _ShiftedMasks:
-    """Detector masks translated by integer pixel shifts, as (pattern slices, crop)."""
+class _ShiftedBands:
+    """Detector masks translated by integer pixel shifts, as bands of whole rows.
+
+    A band is ``(r0, r1, weights)``: the detector touches pattern rows ``r0:r1`` only,
+    and ``weights`` is the flattened ``(r1 - r0, nqy)`` slice of the shifted mask, so
+    that ``flat[:, r0 * nqy:r1 * nqy] @ weights`` (a strided view, no copy) is the sum.
+    """
 
     def __init__(self, masks: np.ndarray) -> None:
         self.masks = masks
         self.shape = masks.shape[1:]
-        self.bboxes = [nonzero_bbox(m) for m in masks]
-        self._cache: dict[tuple[int, int, int], tuple[slice, slice, np.ndarray] | None] = {}
+        self.rows = [nonzero_bbox(m)[:2] for m in masks]
+        self._cache: dict[tuple[int, int, int], tuple[int, int, np.ndarray] | None] = {}
 
-    def get(self, det: int, dx: int, dy: int) -> tuple[slice, slice, np.ndarray] | None:
+    def get(self, det: int, dx: int, dy: int) -> tuple[int, int, np.ndarray] | None:
         key = (det, dx, dy)
         if key not in self._cache:
-            x0, x1, y0, y1 = self.bboxes[det]
+            x0, x1 = self.rows[det]
             nx, ny = self.shape
             # the mask moves by (dx, dy): pattern pixel p sees mask pixel p - shift
-            px0, px1 = max(x0 + dx, 0), min(x1 + dx, nx)
-            py0, py1 = max(y0 + dy, 0), min(y1 + dy, ny)
-            if px1 <= px0 or py1 <= py0:
+            r0, r1 = max(x0 + dx, 0), min(x1 + dx, nx)
+            c0, c1 = max(dy, 0), min(ny + dy, ny)
+            if r1 <= r0 or c1 <= c0 or x1 == x0:
                 self._cache[key] = None
             else:
-                crop = self.masks[det, px0 - dx:px1 - dx, py0 - dy:py1 - dy]
-                self._cache[key] = (slice(px0, px1), slice(py0, py1), crop)
+                band = np.zeros((r1 - r0, ny), dtype=self.masks.dtype)
+                band[:, c0:c1] = self.masks[det, r0 - dx:r1 - dx, c0 - dy:c1 - dy]
+                self._cache[key] = (r0, r1, band.reshape(-1)) if band.any() else None
         return self._cache[key]
 
 
@@ -105,46 +111,51 @@ def detector_sums(
     Returns
     -------
     ``(N, ndet)`` array in float32 (float64 for float64 patterns).
+
+    Only the detector rows a mask touches are read (a BF disk reads a fraction of each
+    pattern), and each cache-sized block of patterns is read from memory once for all
+    detectors and shifts.
     """
-    n = patterns.shape[0]
+    n, nx, ny = patterns.shape
     dtype = work_dtype(patterns.dtype)
-    masks = np.ascontiguousarray(masks, dtype=dtype)
+    bands = _ShiftedBands(np.asarray(masks, dtype=dtype))
     ndet = masks.shape[0]
-    full = masks.shape[1] * masks.shape[2]
-    shifted = _ShiftedMasks(masks)
     terms = _corner_terms(offsets, n, subpixel)
     out = np.zeros((n, ndet), dtype=dtype)
-    block = _block_size(patterns.shape[1:], patterns.dtype.itemsize)
+    block = _block_size((nx, ny), patterns.dtype.itemsize)
     for start in range(0, n, block):
         stop = min(start + block, n)
+        size = stop - start
         blk = patterns[start:stop]
-        if blk.dtype != dtype:
-            blk = blk.astype(dtype)
-        flat = blk.reshape(stop - start, -1) if blk.flags.c_contiguous else None
+        if blk.dtype != dtype or not blk.flags.c_contiguous:
+            blk = np.ascontiguousarray(blk, dtype=dtype)
+        flat = blk.reshape(size, nx * ny)
+        out_blk = out[start:stop]
         keys = np.stack([np.concatenate([t[0][start:stop] for t in terms]),
                          np.concatenate([t[1][start:stop] for t in terms])], axis=1)
-        weights = np.concatenate([t[2][start:stop] for t in terms])
-        rows_all = np.tile(np.arange(stop - start), len(terms))
-        uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
-        inverse = inverse.reshape(-1)
-        for u, (dx, dy) in enumerate(uniq):
-            sel = inverse == u
-            rows, w = rows_all[sel], weights[sel].astype(dtype)
-            whole = rows.size == stop - start and np.all(rows == np.arange(stop - start))
-            sub = blk if whole else blk[rows]
+        weights = np.concatenate([t[2][start:stop] for t in terms]).astype(dtype)
+        rows_all = np.tile(np.arange(size), len(terms))
+        if len(terms) == 1 and np.all(keys == keys[0]):
+            groups = [(keys[0], None)]
+        else:
+            uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+            inverse = inverse.reshape(-1)
+            groups = [(key, np.flatnonzero(inverse == u)) for u, key in enumerate(uniq)]
+        for (dx, dy), members in groups:
             for d in range(ndet):
-                hit = shifted.get(d, int(dx), int(dy))
-                if hit is None:
+                band = bands.get(d, int(dx), int(dy))
+                if band is None:
                     continue
-                sx, sy, crop = hit
-                if crop.size == full and whole and flat is not None:
-                    vals = flat @ crop.reshape(-1)
+                r0, r1, vec = band
+                if members is None:  # every pattern of the block, weight 1
+                    out_blk[:, d] += flat[:, r0 * ny:r1 * ny] @ vec
+                    continue
+                rows, w = rows_all[members], weights[members]
+                if 4 * rows.size >= size:
+                    vals = (flat[:, r0 * ny:r1 * ny] @ vec)[rows]
                 else:
-                    vals = np.tensordot(sub[:, sx, sy], crop, axes=2)
-                if whole and np.all(w == 1):
-                    out[start:stop, d] += vals
-                else:
-                    np.add.at(out[start:stop, d], rows, w * vals)
+                    vals = flat[rows, r0 * ny:r1 * ny] @ vec
+                out_blk[rows, d] += w * vals
     return out
 
 

@@ -387,13 +387,13 @@ def set_origin(
     if "rx" not in obj.dims or "ry" not in obj.dims:
         raise ValueError("a per-position origin needs an object with 'rx' and 'ry' dims")
     scan_shape = (obj.sizes["rx"], obj.sizes["ry"])
-    qx0a = np.broadcast_to(np.asarray(getattr(qx0, "values", qx0), float), scan_shape)
-    qy0a = np.broadcast_to(np.asarray(getattr(qy0, "values", qy0), float), scan_shape)
     for nm, given in (("qx0", qx0), ("qy0", qy0)):
         if np.ndim(given) > 0 and np.shape(given) != scan_shape:
             raise ValueError(
                 f"{nm} must have the scan shape {scan_shape} (rx, ry), got {np.shape(given)}"
             )
+    qx0a = np.broadcast_to(np.asarray(getattr(qx0, "values", qx0), float), scan_shape)
+    qy0a = np.broadcast_to(np.asarray(getattr(qy0, "values", qy0), float), scan_shape)
     mx, my = float(qx0a.mean()), float(qy0a.mean())
     out = out.assign_coords(
         qx=_axis_coord("qx", obj.sizes["qx"], sx, mx, units),

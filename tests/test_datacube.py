@@ -1,0 +1,142 @@
+"""The datacube: physics constants, calibrations and axis operations."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+
+import stem4d as s4
+
+# CODATA 2018 values from CONVENTIONS.md: kV -> (wavelength Å, sigma mrad/(V Å))
+TABLE = {30: (0.069791, 1.5433), 60: (0.048661, 1.1357), 80: (0.041757, 1.0087),
+         100: (0.037014, 0.9244), 120: (0.033492, 0.8638), 200: (0.025079, 0.7288),
+         300: (0.019687, 0.6526)}
+
+
+@pytest.mark.parametrize("kv", sorted(TABLE))
+def test_wavelength_and_interaction_parameter(kv):
+    lam, sigma = TABLE[kv]
+    assert s4.electron_wavelength(kv * 1e3) == pytest.approx(lam, abs=1e-6)
+    assert 1000 * s4.interaction_parameter(kv * 1e3) == pytest.approx(sigma, abs=1e-4)
+    # the handbook formula of CONVENTIONS.md
+    assert s4.electron_wavelength(kv * 1e3) == pytest.approx(
+        12.2643 / np.sqrt(kv * 1e3 * (1 + 0.978476e-6 * kv * 1e3)), rel=1e-5)
+
+
+@pytest.fixture
+def cube() -> xr.DataArray:
+    data = np.arange(4 * 5 * 6 * 7, dtype="float32").reshape(4, 5, 6, 7)
+    return s4.datacube(data, r_step=(0.5, 0.25), r_units="nm", q_step=0.02,
+                       q_units="A^-1", beam_energy=300e3, convergence_semiangle=20.0,
+                       origin=(2.5, 3.0))
+
+
+def test_datacube_coordinates_are_the_calibration(cube):
+    assert cube.dims == ("rx", "ry", "qx", "qy")
+    np.testing.assert_allclose(cube.rx.values, [0, 5, 10, 15])  # nm -> Å
+    np.testing.assert_allclose(cube.ry.values, np.arange(5) * 2.5)
+    assert cube.rx.attrs["units"] == "Å" and cube.qx.attrs["units"] == "1/Å"
+    np.testing.assert_allclose(cube.qx.values, (np.arange(6) - 2.5) * 0.02)
+    np.testing.assert_allclose(cube.qy.values, (np.arange(7) - 3.0) * 0.02)
+    assert s4.origin(cube) == pytest.approx((2.5, 3.0))
+    assert float(cube.beam_energy) == 300e3 and cube.beam_energy.attrs["units"] == "eV"
+    assert cube.convergence_semiangle.attrs["units"] == "mrad"
+    # scalar calibrations survive arithmetic and reductions
+    assert "beam_energy" in (cube * 2).coords and "beam_energy" in cube.mean("rx").coords
+    assert (cube * 2).qx.attrs["units"] == "1/Å"
+    lazy = s4.datacube(da.from_array(cube.values, chunks=(2, 5, 6, 7)), q_step=0.1)
+    assert isinstance(lazy.data, da.Array)
+
+
+def test_unit_conversions_use_the_relativistic_wavelength(cube):
+    lam = s4.electron_wavelength(300e3)
+    mrad = s4.convert_q_units(cube, "mrad")
+    assert mrad.qx.attrs["units"] == "mrad"
+    np.testing.assert_allclose(mrad.qx.values, cube.qx.values * 1000 * lam)
+    back = s4.convert_q_units(mrad, "1/Å")
+    np.testing.assert_allclose(back.qx.values, cube.qx.values)
+    pixels = s4.convert_q_units(cube, "pixels")
+    np.testing.assert_allclose(pixels.qx.values, np.arange(6) - 2.5)
+    with pytest.raises(ValueError, match="beam energy"):
+        s4.convert_q_units(cube.drop_vars("beam_energy"), "mrad")
+    with pytest.raises(ValueError, match="pixel size is unknown"):
+        s4.convert_q_units(pixels, "1/Å")
+
+
+def test_set_calibrations_return_new_objects(cube):
+    before = cube.copy(deep=True)
+    finer = s4.set_q_calibration(cube, 0.01, "1/nm")  # 0.001 1/Å
+    np.testing.assert_allclose(finer.qx.values, (np.arange(6) - 2.5) * 0.001)
+    r = s4.set_r_calibration(cube, 1.5, "Å")
+    np.testing.assert_allclose(r.ry.values, np.arange(5) * 1.5)
+    xr.testing.assert_identical(cube, before)  # nothing mutated
+    ox = np.linspace(2, 3, 20).reshape(4, 5)
+    oy = np.linspace(3.5, 2.5, 20).reshape(4, 5)
+    per = s4.set_origin(cube, ox, oy)
+    assert per.qx0.dims == ("rx", "ry") and per.qx0.attrs["units"] == "1/Å"
+    np.testing.assert_allclose(per.qx.values, (np.arange(6) - ox.mean()) * 0.02)
+    np.testing.assert_allclose(per.qx0.values, (ox - ox.mean()) * 0.02)
+    got_x, got_y = s4.origin(per)
+    np.testing.assert_allclose(got_x.values, ox)
+    np.testing.assert_allclose(got_y.values, oy)
+    # rescaling keeps the per-position origin in pixels
+    np.testing.assert_allclose(s4.origin(s4.set_q_calibration(per, 0.5, "mrad"))[0].values, ox)
+    with pytest.raises(ValueError, match=r"qx0 must have the scan shape \(4, 5\)"):
+        s4.set_origin(cube, np.ones((3, 3)), np.ones((4, 5)))
+
+
+def test_reshape_scan_and_axis_operations(cube):
+    flat = cube.values.reshape(20, 6, 7)
+    again = s4.reshape_scan(flat, (4, 5), q_step=0.02, q_units="1/Å")
+    np.testing.assert_array_equal(again.values, cube.values)
+    with pytest.raises(ValueError, match="must multiply to the number of patterns 20"):
+        s4.reshape_scan(flat, (3, 5))
+    swapped = s4.swap_rq(cube)
+    assert swapped.shape == (6, 7, 4, 5)
+    np.testing.assert_array_equal(swapped.values, cube.values.transpose(2, 3, 0, 1))
+    np.testing.assert_allclose(swapped.rx.values[1] - swapped.rx.values[0], 5.0)
+    tr = s4.transpose_r(cube)
+    np.testing.assert_array_equal(tr.values, cube.values.transpose(1, 0, 2, 3))
+    np.testing.assert_allclose(tr.rx.values[:2], [0, 2.5])
+    tq = s4.transpose_q(cube)
+    np.testing.assert_array_equal(tq.values, cube.values.transpose(0, 1, 3, 2))
+    assert s4.origin(tq) == pytest.approx((3.0, 2.5))
+    fq = s4.flip_q(cube, "qx")
+    np.testing.assert_array_equal(fq.values, cube.values[:, :, ::-1])
+    assert s4.origin(fq) == pytest.approx((5 - 2.5, 3.0))
+    assert np.all(np.diff(fq.qx.values) > 0)
+    fr = s4.flip_r(cube, "ry")
+    np.testing.assert_array_equal(fr.values, cube.values[:, ::-1])
+    np.testing.assert_allclose(fr.ry.values, cube.ry.values)
+    # a flip twice is the identity, calibration included
+    xr.testing.assert_allclose(s4.flip_q(fq, "qx"), cube)
+
+
+def test_per_position_origin_follows_flips_and_transposes(cube):
+    ox = np.linspace(2, 3, 20).reshape(4, 5)
+    oy = np.linspace(3.5, 2.5, 20).reshape(4, 5)
+    per = s4.set_origin(cube, ox, oy)
+    fx, fy = s4.origin(s4.flip_q(per, "qy"))
+    np.testing.assert_allclose(fx.values, ox)
+    np.testing.assert_allclose(fy.values, 6 - oy)
+    tx, ty = s4.origin(s4.transpose_r(per))
+    np.testing.assert_allclose(tx.values, ox.T)
+
+
+def test_bad_input(cube):
+    with pytest.raises(ValueError, match="data must be 4-D"):
+        s4.datacube(np.zeros((3, 4, 5)))
+    with pytest.raises(ValueError, match="q_units must be one of"):
+        s4.datacube(np.zeros((2, 2, 3, 3)), q_units="furlongs")
+    with pytest.raises(ValueError, match="r_step must be positive"):
+        s4.datacube(np.zeros((2, 2, 3, 3)), r_step=-1)
+    with pytest.raises(ValueError, match="beam_energy is in eV"):
+        s4.datacube(np.zeros((2, 2, 3, 3)), beam_energy=300)
+    with pytest.raises(TypeError, match="data must hold numbers"):
+        s4.datacube(np.full((2, 2, 3, 3), "a"))
+    with pytest.raises(ValueError, match="axis must be 'qx' or 'qy'"):
+        s4.flip_q(cube, "rx")
+    with pytest.raises(ValueError, match="qx0 must be finite"):
+        s4.set_origin(cube, np.nan, 1.0)
