@@ -45,6 +45,7 @@ _LAZY_FUNCTIONS = {
     "read_hdf5": "stem4d.io",
     "read_py4dstem": "stem4d.io",
     "read_rsciio": "stem4d.io",
+    "describe": "stem4d.io",
     "bin_q": "stem4d.preprocess",
     "bin_r": "stem4d.preprocess",
     "crop_q": "stem4d.preprocess",

@@ -306,7 +306,7 @@ def calibration_summary(obj: xr.DataArray | xr.Dataset) -> dict[str, Any]:
     if "qx" in obj.coords and "qy" in obj.coords:
         ox, oy = origin(obj)
         if np.ndim(ox) == 0:
-            out["origin (pixels)"] = f"({ox:.3f}, {oy:.3f})"
+            out["origin (pixels)"] = f"({ox + 0.0:.3f}, {oy + 0.0:.3f})"
         else:
             out["origin (pixels)"] = (
                 f"per position, mean ({float(ox.mean()):.3f}, {float(oy.mean()):.3f})"
