@@ -200,9 +200,35 @@ def fourier_shift_stack(patterns: np.ndarray, shifts: np.ndarray, workers: int =
     ky = np.fft.rfftfreq(ny)[None, :]
     ctype = np.complex128 if dtype == np.float64 else np.complex64
     spectrum = scipy.fft.rfft2(patterns.astype(dtype, copy=False), workers=workers)
-    ramp = np.exp(-2j * np.pi * (shifts[:, 0, None, None] * kx + shifts[:, 1, None, None] * ky))
-    spectrum *= ramp.astype(ctype)
+    spectrum *= np.exp(-2j * np.pi * shifts[:, 0, None, None] * kx).astype(ctype)
+    spectrum *= np.exp(-2j * np.pi * shifts[:, 1, None, None] * ky).astype(ctype)
     return scipy.fft.irfft2(spectrum, s=(nx, ny), workers=workers).astype(dtype, copy=False)
+
+
+def fourier_shifted_sum(patterns: np.ndarray, shifts: np.ndarray,
+                        weights: np.ndarray | None, workers: int = -1) -> np.ndarray:
+    """Σ_i w_i · (pattern_i shifted by ``shifts[i]``), float64, with one inverse FFT.
+
+    The shift is linear, so the shifted spectra are summed and transformed back once.
+    """
+    nx, ny = patterns.shape[1:]
+    kx = np.fft.fftfreq(nx)[:, None]
+    ky = np.fft.rfftfreq(ny)[None, :]
+    total = np.zeros((nx, ny // 2 + 1), dtype=np.complex128)
+    block = _block_size((nx, ny), 8)
+    for start in range(0, patterns.shape[0], block):
+        stop = min(start + block, patterns.shape[0])
+        blk = patterns[start:stop].astype(work_dtype(patterns.dtype), copy=False)
+        spectrum = scipy.fft.rfft2(blk, workers=workers)
+        sh = shifts[start:stop]
+        ramp_x = np.exp(-2j * np.pi * sh[:, 0, None] * kx[None, :, 0])  # separable ramp
+        ramp_y = np.exp(-2j * np.pi * sh[:, 1, None] * ky[None, 0, :])
+        if weights is not None:
+            ramp_x *= np.asarray(weights[start:stop], dtype=float)[:, None]
+        ramp_x = ramp_x.astype(spectrum.dtype)
+        ramp_y = ramp_y.astype(spectrum.dtype)
+        total += np.einsum("nij,ni,nj->ij", spectrum, ramp_x, ramp_y, optimize=True)
+    return scipy.fft.irfft2(total, s=(nx, ny), workers=workers)
 
 
 def integer_shift_stack(patterns: np.ndarray, shifts: np.ndarray) -> np.ndarray:

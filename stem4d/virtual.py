@@ -239,6 +239,8 @@ def _diffraction_partial(block: np.ndarray, weights: np.ndarray | None,
         stack, w = stack[keep], None
         off = None if off is None else off[keep]
     if method == "mean":
+        if off is not None and subpixel:
+            return _kernels.fourier_shifted_sum(stack, -off, w)[None, None]
         if off is not None:
             # shift in cache-sized pieces, then accumulate
             size = 4 * _kernels._block_size(stack.shape[1:], stack.dtype.itemsize)
