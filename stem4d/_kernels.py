@@ -122,6 +122,13 @@ def detector_sums(
     ndet = masks.shape[0]
     terms = _corner_terms(offsets, n, subpixel)
     out = np.zeros((n, ndet), dtype=dtype)
+    if offsets is None and ndet == 1 and patterns.dtype == dtype and patterns.flags.c_contiguous:
+        # one detector, no shifts: a single (multi-threaded) BLAS call on a strided view
+        band = bands.get(0, 0, 0)
+        if band is not None:
+            r0, r1, vec = band
+            out[:, 0] = patterns.reshape(n, nx * ny)[:, r0 * ny:r1 * ny] @ vec
+        return out
     block = _block_size((nx, ny), patterns.dtype.itemsize)
     for start in range(0, n, block):
         stop = min(start + block, n)
@@ -176,16 +183,19 @@ def weighted_pattern_sum(patterns: np.ndarray, weights: np.ndarray | None) -> np
 
 
 def pattern_max(patterns: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
-    """Pixel-wise max over a stack (each pattern multiplied by its weight if given)."""
-    if weights is None:
-        return patterns.max(axis=0)
-    block = _block_size(patterns.shape[1:], patterns.dtype.itemsize)
-    dtype = work_dtype(patterns.dtype)
-    best = np.full(patterns.shape[1:], -np.inf, dtype=dtype)
+    """Pixel-wise max over a stack (each pattern multiplied by its weight if given).
+
+    NaN values are skipped (``np.fmax``); a pixel NaN in every pattern stays NaN.
+    """
+    block = 4 * _block_size(patterns.shape[1:], patterns.dtype.itemsize)
+    best = None
     for start in range(0, patterns.shape[0], block):
-        blk = patterns[start:start + block].astype(dtype, copy=False)
-        w = np.asarray(weights[start:start + block], dtype=dtype)[:, None, None]
-        np.maximum(best, (blk * w).max(axis=0), out=best)
+        blk = patterns[start:start + block]
+        if weights is not None:
+            w = np.asarray(weights[start:start + block], dtype=work_dtype(blk.dtype))
+            blk = blk * w[:, None, None]
+        part = np.fmax.reduce(blk, axis=0)
+        best = part if best is None else np.fmax(best, part, out=best)
     return best
 
 
