@@ -49,13 +49,13 @@ def run_demo(out: Path, *, scan: int = 32, detector: int = 128, quiet: bool = Fa
         s4.simulate.crystal,
         scan_shape=(scan, scan), detector_shape=(detector, detector),
         g1=(detector / 9.0, detector / 50.0), g2=(-detector / 40.0, detector / 8.0),
-        disk_radius=detector / 24.0, origin_drift=(0.08, 0.03, -0.02, 0.06),
+        disk_radius=detector / 24.0, origin_drift=(0.15, 0.05, -0.05, 0.12),
         strain={"exx": np.repeat(np.linspace(0.0, 0.02, scan)[:, None], scan, axis=1)},
         dose=200.0, r_step=2.0, q_pixel_size=q_pixel, beam_energy=300e3, seed=1,
     )
     radius_q = float(truth["disk_radius"]) * q_pixel
     say(f"  calibration: {s4.calibration_summary(cube)}")
-    bf = s4.detectors.circle(cube, radius=1.1 * radius_q)
+    bf = s4.detectors.circle(cube, radius=radius_q)
     adf = s4.detectors.annulus(cube, radii=(2.0 * radius_q, 0.48 * detector * q_pixel))
     images = timer.step("virtual BF + ADF images (one pass)", s4.virtual_image, cube,
                         {"bf": bf, "adf": adf})

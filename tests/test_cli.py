@@ -1,0 +1,43 @@
+"""The `stem4d` command: demo end to end, and info."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import stem4d as s4
+from stem4d.cli import main
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--scan", "16", "--detector", "64"]) == 0
+    printed = capsys.readouterr().out
+    assert "virtual BF + ADF images" in printed and "total" in printed
+    for name in ("stem4d-demo.nc", "virtual_images.png", "diffraction.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+    tree = s4.open(tmp_path / "stem4d-demo.nc")
+    images = tree["virtual_images"].to_dataset()
+    centred = tree["diffraction"]["mean_centred"]
+    # the origin-centred mean pattern peaks in the central disk, at q = 0
+    ix, iy = np.unravel_index(int(np.argmax(centred.values)), centred.shape)
+    step = float(centred.qx[1] - centred.qx[0])
+    assert abs(float(centred.qx[ix])) <= 3 * step and abs(float(centred.qy[iy])) <= 3 * step
+    assert centred.qx.attrs["units"] == "1/Å"
+    # the detector following the beam removes the drift contrast of the BF image
+    fixed = float(images.bf.std() / images.bf.mean())
+    following = float(images.bf_shift_center.std() / images.bf_shift_center.mean())
+    assert following < 0.7 * fixed
+    assert images.bf.rx.attrs["units"] == "Å"
+
+
+def test_info_prints_calibrations(tmp_path, capsys):
+    cube = s4.datacube(np.zeros((3, 4, 5, 6), "float32"), r_step=1.5, r_units="Å",
+                       q_step=0.02, q_units="1/Å", beam_energy=200e3)
+    path = s4.save(cube, tmp_path / "cube.nc")
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    for text in ("rx", "qy", "(3, 4, 5, 6)", "float32", "0.02", "1/Å", "200000"):
+        assert text in out
+    assert main(["info", str(tmp_path / "missing.nc")]) == 1
+    assert "missing.nc" in capsys.readouterr().err
