@@ -1,5 +1,4 @@
-"""Matplotlib figures of stem4d results. Each function takes xarray objects and returns
-the figure; nothing here computes an analysis."""
+"""Figures of virtual images and diffraction patterns."""
 
 from __future__ import annotations
 
@@ -9,29 +8,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-
-def _pyplot():
-    import matplotlib
-
-    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
-        try:
-            import matplotlib.pyplot as plt  # noqa: F401
-        except ImportError:  # pragma: no cover - headless fall-back
-            matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _extent(da: xr.DataArray, ydim: str, xdim: str) -> list[float]:
-    y, x = da.coords[ydim].values, da.coords[xdim].values
-    dy = (y[1] - y[0]) if y.size > 1 else 1.0
-    dx = (x[1] - x[0]) if x.size > 1 else 1.0
-    return [x[0] - dx / 2, x[-1] + dx / 2, y[-1] + dy / 2, y[0] - dy / 2]
-
-
-def _label(da: xr.DataArray, dim: str) -> str:
-    return f"{dim} ({da.coords[dim].attrs.get('units', 'pixels')})"
+from ._common import _extent, _label, _pyplot
 
 
 def show_image(image: xr.DataArray, *, ax: Any = None, title: str | None = None,
