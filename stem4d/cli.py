@@ -115,6 +115,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--detector", type=int, default=128, help="detector size (pixels)")
     info = sub.add_parser("info", help="print dims, shape, dtype and calibrations of a file")
     info.add_argument("file", type=Path)
+    info.add_argument("--key", help="dataset path inside a plain HDF5 file")
+    info.add_argument("--scan-shape", type=int, nargs=2, metavar=("RX", "RY"),
+                      help="scan shape of a flat stack or an EMPAD .raw file")
+    info.add_argument("--detector-shape", type=int, nargs=2, metavar=("QX", "QY"),
+                      help="detector shape of an EMPAD .raw file (default 128 128)")
     args = parser.parse_args(argv)
     if args.command == "demo":
         run_demo(args.out, scan=args.scan, detector=args.detector)
@@ -122,8 +127,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "info":
         from .io import describe
 
+        options = {name: value for name, value in (
+            ("key", args.key),
+            ("scan_shape", tuple(args.scan_shape) if args.scan_shape else None),
+            ("detector_shape", tuple(args.detector_shape) if args.detector_shape else None),
+        ) if value is not None}
         try:
-            print(describe(args.file))
+            print(describe(args.file, **options))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             print(f"stem4d info: {exc}", file=sys.stderr)
             return 1

@@ -60,19 +60,21 @@ _C = 299792458.0  # m / s
 _E = 1.602176634e-19  # C
 _M0 = 9.1093837015e-31  # kg
 
-_R_UNITS = {  # spelling -> (canonical, factor to canonical)
+_PIXELS = {"pixels": ("pixels", 1.0), "pixel": ("pixels", 1.0), "px": ("pixels", 1.0),
+           "pix": ("pixels", 1.0)}
+R_UNITS = {  # spelling -> (canonical, factor to canonical)
     "Å": ("Å", 1.0), "A": ("Å", 1.0), "angstrom": ("Å", 1.0), "Angstrom": ("Å", 1.0),
-    "ang": ("Å", 1.0), "nm": ("Å", 10.0), "pm": ("Å", 0.01),
-    "pixels": ("pixels", 1.0), "pixel": ("pixels", 1.0), "px": ("pixels", 1.0),
-    "pix": ("pixels", 1.0),
+    "ang": ("Å", 1.0), "nm": ("Å", 10.0), "pm": ("Å", 0.01), "µm": ("Å", 1e4),
+    "μm": ("Å", 1e4), "um": ("Å", 1e4), "mm": ("Å", 1e7), "m": ("Å", 1e10), **_PIXELS,
 }
-_Q_UNITS = {
+Q_UNITS = {
     "1/Å": ("1/Å", 1.0), "1/A": ("1/Å", 1.0), "A^-1": ("1/Å", 1.0), "Å^-1": ("1/Å", 1.0),
     "A-1": ("1/Å", 1.0), "1/angstrom": ("1/Å", 1.0), "1/nm": ("1/Å", 0.1),
-    "nm^-1": ("1/Å", 0.1), "mrad": ("mrad", 1.0), "rad": ("mrad", 1000.0),
-    "pixels": ("pixels", 1.0), "pixel": ("pixels", 1.0), "px": ("pixels", 1.0),
-    "pix": ("pixels", 1.0),
+    "nm^-1": ("1/Å", 0.1), "1/pm": ("1/Å", 100.0), "pm^-1": ("1/Å", 100.0),
+    "mrad": ("mrad", 1.0), "rad": ("mrad", 1000.0), "µrad": ("mrad", 1e-3),
+    "urad": ("mrad", 1e-3), **_PIXELS,
 }
+_R_UNITS, _Q_UNITS = R_UNITS, Q_UNITS
 
 
 # --------------------------------------------------------------------------- physics
@@ -106,7 +108,8 @@ def interaction_parameter(beam_energy: float) -> float:
 
 
 # --------------------------------------------------------------------- unit helpers
-def _normalize_units(units: Any, table: dict, argname: str) -> tuple[str, float]:
+def normalize_units(units: Any, table: dict, argname: str) -> tuple[str, float]:
+    """``(canonical units, factor to them)`` for a spelling in ``R_UNITS``/``Q_UNITS``."""
     if not isinstance(units, str) or units.strip() not in table:
         allowed = sorted({v[0] for v in table.values()})
         raise ValueError(
@@ -115,20 +118,34 @@ def _normalize_units(units: Any, table: dict, argname: str) -> tuple[str, float]
     return table[units.strip()]
 
 
+def as_float(value: Any, argname: str) -> float:
+    """``float(value)``, or a ValueError naming ``argname`` and what was given."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{argname} must be a number, got {value!r}") from None
+
+
 def _pair(value: Any, argname: str) -> tuple[float, float]:
     if np.ndim(value) == 0:
         value = (value, value)
-    if len(value) != 2:
-        raise ValueError(f"{argname} must be a number or a pair of numbers, got {value!r}")
-    out = (float(value[0]), float(value[1]))
+    try:
+        if len(value) != 2:
+            raise TypeError
+        out = (float(value[0]), float(value[1]))
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{argname} must be a number or a pair of numbers, got {value!r}") from None
     if not all(np.isfinite(out)) or min(out) <= 0:
         raise ValueError(f"{argname} must be positive and finite, got {value!r}")
     return out
 
 
 def _axis_coord(name: str, n: int, step: float, origin_px: float, units: str) -> xr.Variable:
+    """Linear coordinate ``(i - origin_px) * step``; ``attrs["step"]`` keeps the step for
+    axes later reduced to a single element (it is read only then)."""
     values = (np.arange(n, dtype=float) - origin_px) * step
-    return xr.Variable((name,), values, attrs={"units": units})
+    return xr.Variable((name,), values, attrs={"units": units, "step": float(step)})
 
 
 def _axis_step(obj: xr.DataArray | xr.Dataset, dim: str) -> float:
@@ -197,7 +214,11 @@ def datacube(
     DataArray with dims ``("rx", "ry", "qx", "qy")`` and calibrated coordinates.
     """
     if isinstance(data, xr.DataArray):
-        data = data.data
+        raise TypeError(
+            "data is already a DataArray: its coordinates would be replaced. Change its "
+            "calibration with stem4d.set_r_calibration / set_q_calibration / set_origin, "
+            "or pass data.data to build a new cube"
+        )
     if not hasattr(data, "shape") or not hasattr(data, "dtype"):
         data = np.asarray(data)
     if data.ndim != 4:
@@ -211,8 +232,8 @@ def datacube(
     if min(data.shape) < 1:
         raise ValueError(f"data must not be empty, got shape {tuple(data.shape)}")
     _reject_all_nan(data, "data")
-    r_units_c, r_fac = _normalize_units(r_units, _R_UNITS, "r_units")
-    q_units_c, q_fac = _normalize_units(q_units, _Q_UNITS, "q_units")
+    r_units_c, r_fac = normalize_units(r_units, R_UNITS, "r_units")
+    q_units_c, q_fac = normalize_units(q_units, Q_UNITS, "q_units")
     rs = _pair(r_step, "r_step")
     qs = _pair(q_step, "q_step")
     coords = {
@@ -233,7 +254,11 @@ def datacube(
 
 
 def _reject_all_nan(data: Any, argname: str) -> None:
-    """Raise if a numpy float array is entirely NaN (cheap when it is not)."""
+    """Raise if a numpy float array is entirely NaN (cheap when it is not).
+
+    dask arrays are not scanned (that would read all the data); an all-NaN dask cube
+    gives NaN results.
+    """
     if not isinstance(data, np.ndarray) or not np.issubdtype(data.dtype, np.floating):
         return
     step = max(1, data.size // 4096)
@@ -262,11 +287,18 @@ def validate_cube(cube: Any, argname: str = "cube") -> xr.DataArray:
             raise ValueError(
                 f"{argname} has no '{dim}' coordinate: build it with stem4d.datacube"
             )
-        if "units" not in cube.coords[dim].attrs:
+        allowed = ("Å", "pixels") if dim in SCAN_DIMS else ("1/Å", "mrad", "pixels")
+        units = cube.coords[dim].attrs.get("units")
+        if units is None:
             raise ValueError(
-                f"{argname}.coords['{dim}'] has no 'units' attr: expected one of "
-                "'Å'/'pixels' (rx, ry) or '1/Å'/'mrad'/'pixels' (qx, qy)"
+                f"{argname}.coords['{dim}'] has no 'units' attr: expected one of {allowed}"
             )
+        if units not in allowed:
+            raise ValueError(
+                f"{argname}.coords['{dim}'] has units {units!r}: expected one of {allowed} "
+                "(set them with stem4d.set_r_calibration / set_q_calibration)"
+            )
+    _reject_all_nan(cube.data, argname)
     return cube
 
 
@@ -322,7 +354,7 @@ def set_r_calibration(
     cube: xr.DataArray, step: float | Sequence[float], units: str = "Å"
 ) -> xr.DataArray:
     """Return ``cube`` with scan step ``step`` (``units`` per position, or a pair)."""
-    units_c, fac = _normalize_units(units, _R_UNITS, "units")
+    units_c, fac = normalize_units(units, R_UNITS, "units")
     sx, sy = _pair(step, "step")
     return cube.assign_coords(
         rx=_axis_coord("rx", cube.sizes["rx"], sx * fac, 0.0, units_c),
@@ -337,7 +369,7 @@ def set_q_calibration(
 
     The origin (in pixels) is kept; ``qx0``/``qy0`` are rescaled.
     """
-    units_c, fac = _normalize_units(units, _Q_UNITS, "units")
+    units_c, fac = normalize_units(units, Q_UNITS, "units")
     sx, sy = _pair(pixel_size, "pixel_size")
     sx, sy = sx * fac, sy * fac
     old_sx, old_sy = _axis_step(obj, "qx"), _axis_step(obj, "qy")
@@ -373,7 +405,10 @@ def set_origin(
         q units, relative to the mean origin, which becomes ``qx = qy = 0``).
     """
     for nm, v in (("qx0", qx0), ("qy0", qy0)):
-        arr = np.asarray(v.data if isinstance(v, xr.DataArray) else v, dtype=float)
+        try:
+            arr = np.asarray(v.data if isinstance(v, xr.DataArray) else v, dtype=float)
+        except (TypeError, ValueError):
+            raise ValueError(f"{nm} must be numbers (detector pixels), got {v!r}") from None
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{nm} must be finite detector pixel positions, got NaN/inf")
     per_position = np.ndim(qx0) > 0 or np.ndim(qy0) > 0
@@ -413,6 +448,7 @@ def set_beam(
     """Return ``obj`` with ``beam_energy`` (eV) and/or ``convergence_semiangle`` (mrad)."""
     new = {}
     if beam_energy is not None:
+        beam_energy = as_float(beam_energy, "beam_energy")
         if not np.isfinite(beam_energy) or beam_energy <= 0:
             raise ValueError(f"beam_energy must be positive, in eV, got {beam_energy!r}")
         if beam_energy < 1000:
@@ -421,6 +457,7 @@ def set_beam(
             )
         new["beam_energy"] = _scalar_coord(beam_energy, "eV")
     if convergence_semiangle is not None:
+        convergence_semiangle = as_float(convergence_semiangle, "convergence_semiangle")
         if not np.isfinite(convergence_semiangle) or convergence_semiangle <= 0:
             raise ValueError(
                 "convergence_semiangle must be positive, in mrad, "
@@ -437,7 +474,7 @@ def convert_q_units(obj: xr.DataArray | xr.Dataset, units: str) -> xr.DataArray 
     ``beam_energy`` coordinate. Converting from pixels needs a pixel size: use
     :func:`set_q_calibration` instead.
     """
-    target, _ = _normalize_units(units, _Q_UNITS, "units")
+    target, _ = normalize_units(units, Q_UNITS, "units")
     sx, sy, current = q_pixel_size(obj)
     if target == current:
         return obj
@@ -457,6 +494,39 @@ def convert_q_units(obj: xr.DataArray | xr.Dataset, units: str) -> xr.DataArray 
         lam = electron_wavelength(float(obj.coords["beam_energy"]))
         factor_x = factor_y = 1000 * lam if target == "mrad" else 1 / (1000 * lam)
     return set_q_calibration(obj, (sx * factor_x, sy * factor_y), target)
+
+
+# ------------------------------------------------- scan-to-detector orientation
+_ROT_COORD, _FLIP_COORD = "scan_rotation", "scan_flip"
+
+
+def _orientation_q(rotation: float, flip: bool) -> np.ndarray:
+    """Q = R(rotation) @ diag(1, -1 if flip else 1): scan-frame vector -> detector frame."""
+    c, s = np.cos(rotation), np.sin(rotation)
+    return np.array([[c, -s], [s, c]]) @ np.diag([1.0, -1.0 if flip else 1.0])
+
+
+def _reorient(obj: xr.DataArray, left: np.ndarray | None = None,
+              right: np.ndarray | None = None) -> xr.DataArray:
+    """Update ``scan_rotation``/``scan_flip`` after an axis operation, if present.
+
+    The new scan-to-detector matrix is ``left @ Q @ right``: ``left`` maps old detector
+    components to new ones, ``right`` maps new scan components to old ones.
+    """
+    if _ROT_COORD not in obj.coords or _FLIP_COORD not in obj.coords:
+        return obj
+    q = _orientation_q(float(obj.coords[_ROT_COORD]), bool(obj.coords[_FLIP_COORD]))
+    q = (np.eye(2) if left is None else left) @ q @ (np.eye(2) if right is None else right)
+    flip = bool(np.linalg.det(q) < 0)
+    rotation = float(np.arctan2(q[1, 0], q[0, 0]))
+    return obj.assign_coords({
+        _ROT_COORD: xr.Variable((), rotation, attrs=dict(obj.coords[_ROT_COORD].attrs)),
+        _FLIP_COORD: xr.Variable((), flip, attrs=dict(obj.coords[_FLIP_COORD].attrs)),
+    })
+
+
+_SWAP = np.array([[0.0, 1.0], [1.0, 0.0]])  # exchange of the two components
+_MIRROR = {0: np.diag([-1.0, 1.0]), 1: np.diag([1.0, -1.0])}  # reverse one component
 
 
 # ------------------------------------------------------------------- reshaping
@@ -487,80 +557,86 @@ def reshape_scan(stack: Any, scan_shape: tuple[int, int], **calibration: Any) ->
     return cube
 
 
-def _rebuild_axes(new: xr.DataArray, old: xr.DataArray, pairs: dict[str, str]) -> xr.DataArray:
-    """Give ``new`` linear coords on each dim using the step/units of ``old``'s dim."""
+def _renamed(var: xr.Variable, mapping: dict[str, str]) -> xr.Variable:
+    return xr.Variable(tuple(mapping.get(d, d) for d in var.dims), var.data, attrs=var.attrs)
+
+
+def _exchange_dims(obj: xr.DataArray, a: str, b: str) -> xr.DataArray:
+    """Transpose the data between dims ``a`` and ``b``; every coordinate moves with it.
+
+    Coordinates on ``a`` go to ``b`` and vice versa (values kept, 2-D ones transposed),
+    so positions keep their calibrated values: a transpose of the data, not a relabel.
+    """
+    mapping = {a: b, b: a}
+    order = [mapping.get(d, d) for d in obj.dims]
+    data = obj.transpose(*order).data
+    new = xr.DataArray(data, dims=obj.dims, name=obj.name, attrs=obj.attrs)
     coords = {}
-    for dim, src in pairs.items():
-        coords[dim] = _axis_coord(dim, new.sizes[dim], _axis_step(old, src),
-                                  0.0, _axis_units(old, src))
+    for name, coord in obj.coords.items():
+        var = _renamed(coord.variable, mapping)
+        if var.ndim > 1:
+            var = var.transpose(*[d for d in new.dims if d in var.dims])
+        coords[mapping.get(name, name)] = var
     return new.assign_coords(coords)
 
 
 def swap_rq(cube: xr.DataArray) -> xr.DataArray:
     """Exchange the scan and detector axes of the data (a file stored ``(qx, qy, rx, ry)``).
 
-    Each axis keeps its calibration step and units by name (``rx`` stays a scan
-    axis); an origin, which no longer refers to the same pixels, is dropped.
+    Each axis keeps the calibration step, units and start of the axis of the same name
+    (``rx`` stays a scan axis); the origin and the scan-to-detector orientation, which
+    no longer refer to the same pixels, are dropped.
     """
     validate_cube(cube)
     data = cube.data.transpose(2, 3, 0, 1)
     new = xr.DataArray(data, dims=CUBE_DIMS, name=cube.name, attrs=cube.attrs)
-    scalars = {k: v for k, v in cube.coords.items() if v.ndim == 0}
-    new = _rebuild_axes(new, cube, {d: d for d in CUBE_DIMS})
-    return new.assign_coords(scalars)
+    coords = {}
+    for dim in CUBE_DIMS:
+        step = _axis_step(cube, dim)
+        start = 0.0 if dim in DETECTOR_DIMS else float(cube.coords[dim].values[0])
+        coords[dim] = _axis_coord(dim, new.sizes[dim], step, -start / step,
+                                  _axis_units(cube, dim))
+    scalars = {k: v.variable for k, v in cube.coords.items()
+               if v.ndim == 0 and k not in (_ROT_COORD, _FLIP_COORD)}
+    return new.assign_coords({**coords, **scalars})
 
 
 def transpose_r(cube: xr.DataArray) -> xr.DataArray:
-    """Exchange the two scan axes (data transposed in real space; ``rx`` stays slow)."""
+    """Transpose the scan (``rx`` stays the slow axis); coordinates and origin follow."""
     validate_cube(cube)
-    data = cube.data.transpose(1, 0, 2, 3)
-    new = xr.DataArray(data, dims=CUBE_DIMS, name=cube.name, attrs=cube.attrs)
-    new = _rebuild_axes(new, cube, {"rx": "ry", "ry": "rx"})
-    new = new.assign_coords(qx=cube.coords["qx"].variable, qy=cube.coords["qy"].variable)
-    extra = {}
-    for k, v in cube.coords.items():
-        if k in CUBE_DIMS:
-            continue
-        if v.ndim == 0:
-            extra[k] = v.variable
-        elif tuple(v.dims) == SCAN_DIMS:
-            extra[k] = xr.Variable(SCAN_DIMS, v.values.T, attrs=v.attrs)
-    return new.assign_coords(extra)
+    return _reorient(_exchange_dims(cube, "rx", "ry"), right=_SWAP)
 
 
 def transpose_q(obj: xr.DataArray) -> xr.DataArray:
-    """Exchange the two detector axes of a cube or pattern (``qx`` ↔ ``qy``)."""
-    ox, oy = origin(obj)
-    sx, sy, units = q_pixel_size(obj)
-    order = [obj.dims.index(d) for d in obj.dims]
-    iqx, iqy = obj.dims.index("qx"), obj.dims.index("qy")
-    order[iqx], order[iqy] = iqy, iqx
-    data = obj.data.transpose(order)
-    new = xr.DataArray(data, dims=obj.dims, name=obj.name, attrs=obj.attrs)
-    keep = {k: v.variable for k, v in obj.coords.items()
-            if k not in ("qx", "qy", "qx0", "qy0")}
-    new = new.assign_coords(keep)
-    new = new.assign_coords(
-        qx=_axis_coord("qx", new.sizes["qx"], sy, 0.0, units),
-        qy=_axis_coord("qy", new.sizes["qy"], sx, 0.0, units),
-    )
-    return set_origin(new, oy, ox)
+    """Transpose the detector of a cube or pattern (``qx`` ↔ ``qy``); origin follows."""
+    if "qx" not in obj.dims or "qy" not in obj.dims:
+        raise ValueError(f"obj must have 'qx' and 'qy' dims, got {tuple(obj.dims)}")
+    out = _exchange_dims(obj, "qx", "qy")
+    if "qx0" in obj.coords and "qy0" in obj.coords:  # the origin components swap too
+        out = out.assign_coords(qx0=obj.coords["qy0"].variable, qy0=obj.coords["qx0"].variable)
+    return _reorient(out, left=_SWAP)
 
 
 def flip_r(cube: xr.DataArray, axis: str) -> xr.DataArray:
-    """Reverse the scan along ``axis`` (``"rx"`` or ``"ry"``); coordinates stay ascending."""
+    """Reverse the scan along ``axis`` (``"rx"`` or ``"ry"``); coordinates stay ascending.
+
+    Per-position coordinates (e.g. ``qx0``) follow the data; the scan-to-detector
+    orientation is updated (a mirror of the scan).
+    """
     validate_cube(cube)
     if axis not in SCAN_DIMS:
         raise ValueError(f"axis must be 'rx' or 'ry', got {axis!r}")
     flipped = cube.isel({axis: slice(None, None, -1)})
-    return flipped.assign_coords({axis: cube.coords[axis].variable})
+    flipped = flipped.assign_coords({axis: cube.coords[axis].variable})
+    return _reorient(flipped, right=_MIRROR[SCAN_DIMS.index(axis)])
 
 
 def flip_q(obj: xr.DataArray, axis: str) -> xr.DataArray:
     """Reverse the detector along ``axis`` (``"qx"`` or ``"qy"``) of a cube or pattern.
 
     The data are mirrored; the origin follows the data (pixel ``i`` → ``n-1-i``) and the
-    coordinates are re-centred on it, so they stay ascending.
+    coordinates are re-centred on it, so they stay ascending. The scan-to-detector
+    orientation is updated (a mirror of the detector).
     """
     if axis not in DETECTOR_DIMS:
         raise ValueError(f"axis must be 'qx' or 'qy', got {axis!r}")
@@ -577,4 +653,4 @@ def flip_q(obj: xr.DataArray, axis: str) -> xr.DataArray:
         ox = (n - 1) - ox
     else:
         oy = (n - 1) - oy
-    return set_origin(flipped, ox, oy)
+    return _reorient(set_origin(flipped, ox, oy), left=_MIRROR[DETECTOR_DIMS.index(axis)])

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from .datacube import as_float
+
 __all__ = ["point", "circle", "annulus", "rectangle", "from_mask", "bragg_lattice"]
 
 
@@ -37,17 +39,17 @@ def _grid_of(obj: Any) -> tuple[np.ndarray, np.ndarray, dict[str, xr.Variable]]:
     return qxg, qyg, coords
 
 
-def _center(center: Any) -> tuple[float, float]:
+def _center(center: Any, argname: str = "center") -> tuple[float, float]:
     if np.ndim(center) != 1 or len(center) != 2:
-        raise ValueError(f"center must be a pair (qx, qy) in coordinate units, got {center!r}")
-    c = (float(center[0]), float(center[1]))
+        raise ValueError(f"{argname} must be a pair (qx, qy) in coordinate units, got {center!r}")
+    c = (as_float(center[0], argname), as_float(center[1], argname))
     if not all(np.isfinite(c)):
-        raise ValueError(f"center must be finite, got {center!r}")
+        raise ValueError(f"{argname} must be finite, got {center!r}")
     return c
 
 
 def _positive(value: Any, argname: str, allow_zero: bool = False) -> float:
-    v = float(value)
+    v = as_float(value, argname)
     if not np.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
         kind = "non-negative" if allow_zero else "positive"
         raise ValueError(f"{argname} must be {kind} and finite, got {value!r}")
@@ -155,7 +157,7 @@ def bragg_lattice(
     """
     qxg, qyg, coords = _grid_of(obj)
     cx, cy = _center(center)
-    a = np.array([_center(g1), _center(g2)], dtype=float).T  # columns g1, g2
+    a = np.array([_center(g1, "g1"), _center(g2, "g2")], dtype=float).T  # columns g1, g2
     if abs(np.linalg.det(a)) < 1e-12 * max(np.abs(a).max() ** 2, 1e-300):
         raise ValueError(f"g1 and g2 must not be parallel, got g1={g1!r}, g2={g2!r}")
     r = _positive(radius, "radius")

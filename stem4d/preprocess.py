@@ -47,6 +47,7 @@ import numpy as np
 import scipy.fft as sfft
 import xarray as xr
 
+from ._dask import is_dask, whole_patterns
 from .datacube import (
     CUBE_DIMS,
     DETECTOR_DIMS,
@@ -203,17 +204,6 @@ def _bin_dtype(dtype: np.dtype, reduce: str, nmerge: int) -> np.dtype:
 
 
 # ================================================================ dask plumbing
-def _is_dask(data: Any) -> bool:
-    return type(data).__module__.split(".")[0] == "dask"
-
-
-def _whole_patterns(data: Any) -> Any:
-    """Rechunk a dask cube so that each chunk holds whole diffraction patterns."""
-    if len(data.chunks[2]) == 1 and len(data.chunks[3]) == 1:
-        return data
-    return data.rechunk({0: "auto", 1: "auto", 2: -1, 3: -1})
-
-
 def _map_patterns(
     data: Any, func: Callable[[np.ndarray], np.ndarray], out_q: tuple[int, int],
     dtype: np.dtype,
@@ -223,7 +213,7 @@ def _map_patterns(
     numpy data are processed in batches of scan rows (about ``_BATCH_BYTES`` of output
     each) so temporaries stay small; dask data chunk by chunk, whole patterns per chunk.
     """
-    if not _is_dask(data):
+    if not is_dask(data):
         data = np.asarray(data)
         per_row = data.shape[1] * out_q[0] * out_q[1] * max(np.dtype(dtype).itemsize, 8)
         rows = max(1, _BATCH_BYTES // max(per_row, 1))
@@ -233,7 +223,7 @@ def _map_patterns(
         for start in range(0, data.shape[0], rows):
             out[start:start + rows] = func(data[start:start + rows])
         return out
-    data = _whole_patterns(data)
+    data = whole_patterns(data)
     chunks = data.chunks[:2] + ((out_q[0],), (out_q[1],))
     return data.map_blocks(func, chunks=chunks, dtype=dtype, meta=np.empty((0,) * 4, dtype))
 
@@ -588,7 +578,7 @@ def _bin(
     def kernel(block: np.ndarray) -> np.ndarray:
         return _block_reduce(block, axes, factors, reduce, acc, out_dtype)
 
-    if _is_dask(data):
+    if is_dask(data):
         data = _multiple_chunks(data, axes, factors)
         chunks = list(data.chunks)
         for ax, f in zip(axes, factors, strict=True):
@@ -801,7 +791,7 @@ def resample_q(
         raise TypeError(f"resample_q needs real data, got dtype {in_dtype}")
     work = _float_dtype(in_dtype)
     conserve = bool(conserve_array_sums)
-    lazy = _is_dask(cube.data)
+    lazy = is_dask(cube.data)
 
     if method == "fourier":
         workers = 1 if lazy else -1
@@ -953,7 +943,7 @@ def filter_hot_pixels(
             f"got {ind_compare!r}"
         )
     dp_mean = cube.mean(SCAN_DIMS, dtype=np.float64).data
-    if _is_dask(dp_mean):
+    if is_dask(dp_mean):
         dp_mean = dp_mean.compute()
     hot = _hot_pixel_mask(np.asarray(dp_mean), thr, int(ind_compare))
     out = median_filter_masked_pixels(cube, hot, kernel_width=3)

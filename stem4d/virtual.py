@@ -26,6 +26,7 @@ import numpy as np
 import xarray as xr
 
 from . import _kernels
+from ._dask import whole_patterns
 from .datacube import SCAN_DIMS, q_pixel_size, validate_cube
 
 __all__ = ["virtual_image", "virtual_diffraction"]
@@ -86,12 +87,6 @@ def _detector_coords(cube: xr.DataArray) -> dict[str, Any]:
             if v.ndim == 0 or set(v.dims) <= {"qx", "qy"}}
 
 
-def _single_q_chunk(data: da.Array) -> da.Array:
-    if len(data.chunks[2]) > 1 or len(data.chunks[3]) > 1:
-        data = data.rechunk({2: -1, 3: -1})
-    return data
-
-
 # ------------------------------------------------------------ virtual images
 def _image_block(block: np.ndarray, offsets: np.ndarray | None, masks: np.ndarray,
                  subpixel: bool) -> np.ndarray:
@@ -142,8 +137,10 @@ def virtual_image(
         if len(set(names)) != len(names):
             raise ValueError(f"detector names must be unique, got {names}")
         dets = [_check_detector(cube, d, f"detector[{n!r}]") for n, d in items]
-        if any(d.ndim != 2 for d in dets):
-            raise ValueError("each detector in a collection must be 2-D (qx, qy)")
+        for n, d in zip(names, dets, strict=True):
+            if d.ndim != 2:
+                raise ValueError(
+                    f"detector[{n!r}] must be 2-D (qx, qy) in a collection, got dims {d.dims}")
         masks = np.stack([np.asarray(d.values) for d in dets])
         images = _apply_masks(cube, masks, shift_center, subpixel)
         return xr.Dataset(
@@ -177,7 +174,7 @@ def _apply_masks(cube: xr.DataArray, masks: np.ndarray, shift_center: bool,
     ndet = masks.shape[0]
     data = cube.data
     if isinstance(data, da.Array):
-        data = _single_q_chunk(data)
+        data = whole_patterns(data)
         if offsets is None:
             out = data.map_blocks(_image_block, None, masks, subpixel,
                                   chunks=data.chunks[:2] + ((ndet,),), drop_axis=3,
@@ -215,21 +212,28 @@ def _scan_weights(cube: xr.DataArray, mask: Any) -> np.ndarray | None:
         raise ValueError("mask weights contain NaN or inf")
     if not np.any(values != 0):
         raise ValueError("mask weights are all zero: nothing to reduce")
+    if abs(values.sum()) <= 1e-12 * np.abs(values).sum():
+        raise ValueError(
+            f"mask weights sum to zero ({values.sum()!r}): a weighted mean is undefined")
     return values.astype(np.float64)
 
 
-def _shifted(stack: np.ndarray, offsets: np.ndarray | None, subpixel: bool) -> np.ndarray:
+def _shifted(stack: np.ndarray, offsets: np.ndarray | None, subpixel: bool,
+             workers: int = -1) -> np.ndarray:
     if offsets is None:
         return stack
     if subpixel:
-        return _kernels.fourier_shift_stack(stack, -offsets, workers=-1)
+        return _kernels.fourier_shift_stack(stack, -offsets, workers=workers)
     return _kernels.integer_shift_stack(stack, -offsets)
 
 
 def _diffraction_partial(block: np.ndarray, weights: np.ndarray | None,
-                         offsets: np.ndarray | None, method: str, subpixel: bool
-                         ) -> np.ndarray:
-    """Partial reduction of a scan block, shape ``(1, 1, qx, qy)``."""
+                         offsets: np.ndarray | None, method: str, subpixel: bool,
+                         workers: int = -1) -> np.ndarray:
+    """Partial reduction of a scan block, shape ``(1, 1, qx, qy)``.
+
+    ``workers`` is the FFT thread count: 1 inside dask tasks (dask parallelizes).
+    """
     nrx, nry = block.shape[:2]
     stack = block.reshape((nrx * nry,) + block.shape[2:])
     w = None if weights is None else weights.reshape(-1)
@@ -240,13 +244,13 @@ def _diffraction_partial(block: np.ndarray, weights: np.ndarray | None,
         off = None if off is None else off[keep]
     if method == "mean":
         if off is not None and subpixel:
-            return _kernels.fourier_shifted_sum(stack, -off, w)[None, None]
+            return _kernels.fourier_shifted_sum(stack, -off, w, workers)[None, None]
         if off is not None:
             # shift in cache-sized pieces, then accumulate
             size = 4 * _kernels._block_size(stack.shape[1:], stack.dtype.itemsize)
             total = np.zeros(stack.shape[1:], dtype=np.float64)
             for s in range(0, stack.shape[0], size):
-                part = _shifted(stack[s:s + size], off[s:s + size], subpixel)
+                part = _shifted(stack[s:s + size], off[s:s + size], subpixel, workers)
                 total += _kernels.weighted_pattern_sum(
                     part, None if w is None else w[s:s + size])
         else:
@@ -255,7 +259,7 @@ def _diffraction_partial(block: np.ndarray, weights: np.ndarray | None,
     # max
     if stack.shape[0] == 0:
         return np.full((1, 1) + block.shape[2:], -np.inf, dtype=_kernels.work_dtype(block.dtype))
-    return _kernels.pattern_max(_shifted(stack, off, subpixel), w)[None, None]
+    return _kernels.pattern_max(_shifted(stack, off, subpixel, workers), w)[None, None]
 
 
 def virtual_diffraction(
@@ -303,7 +307,7 @@ def virtual_diffraction(
     if method == "median":
         result = _median(data, weights, offsets, subpixel)
     elif isinstance(data, da.Array):
-        data = _single_q_chunk(data)
+        data = whole_patterns(data)
         args: list[Any] = [data, "ijkl"]
         for extra in (weights, offsets):
             if extra is None:
@@ -313,7 +317,7 @@ def virtual_diffraction(
                 chunks = data.chunks[:2] if extra.ndim == 2 else data.chunks[:2] + ((2,),)
                 args += [da.from_array(extra, chunks=chunks), idx]
         partial = da.blockwise(
-            _diffraction_partial, "ijkl", *args, method, None, subpixel, None,
+            _diffraction_partial, "ijkl", *args, method, None, subpixel, None, 1, None,
             concatenate=True, adjust_chunks={"i": 1, "j": 1},
             dtype=np.float64 if method == "mean" else out_dtype,
         )
@@ -360,7 +364,7 @@ def _median(data: Any, weights: np.ndarray | None, offsets: np.ndarray | None,
         if offsets is not None:
             off = da.from_array(offsets, chunks=(stack.chunks[0], (2,)))
             stack = da.blockwise(_shifted, "nkl", stack, "nkl", off, "nc", subpixel, None,
-                                 concatenate=True, dtype=_kernels.work_dtype(stack.dtype)
+                                 1, None, concatenate=True, dtype=_kernels.work_dtype(stack.dtype)
                                  if subpixel else stack.dtype)
         stack = stack.rechunk({0: -1, 1: "auto", 2: -1})
         return da.map_blocks(lambda b: np.median(b, axis=0)

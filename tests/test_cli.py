@@ -41,3 +41,17 @@ def test_info_prints_calibrations(tmp_path, capsys):
         assert text in out
     assert main(["info", str(tmp_path / "missing.nc")]) == 1
     assert "missing.nc" in capsys.readouterr().err
+
+
+def test_info_on_files_that_need_options(tmp_path, capsys):
+    frames = np.arange(2 * 3 * 4 * 5, dtype="float32").reshape(6, 4, 5)
+    np.save(tmp_path / "stack.npy", frames)
+    assert main(["info", str(tmp_path / "stack.npy"), "--scan-shape", "2", "3"]) == 0
+    assert "(2, 3, 4, 5)" in capsys.readouterr().out
+    raw = tmp_path / "scan.raw"
+    with raw.open("wb") as f:
+        for frame in frames:
+            f.write(frame.tobytes() + bytes(40))  # 2 rows of 5 float32 after each frame
+    argv = ["info", str(raw), "--scan-shape", "2", "3", "--detector-shape", "4", "5"]
+    assert main(argv + []) == 1  # the default gap (1024 bytes) does not fit this file
+    assert "scan.raw" in capsys.readouterr().err

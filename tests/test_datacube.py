@@ -140,3 +140,81 @@ def test_bad_input(cube):
         s4.flip_q(cube, "rx")
     with pytest.raises(ValueError, match="qx0 must be finite"):
         s4.set_origin(cube, np.nan, 1.0)
+
+
+def _q_of(obj: xr.DataArray) -> np.ndarray:
+    return s4.simulate.scan_to_detector_matrix(float(obj.scan_rotation), bool(obj.scan_flip))
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_axis_operations_keep_the_scan_to_detector_orientation(cube, flip):
+    """A physical direction keeps its detector direction through every axis operation.
+
+    For a scan-frame vector v, the cube maps it to Q v on the detector. After mirroring
+    the scan along ry, the same physical direction has scan components (vx, -vy); after
+    mirroring the detector along qy, its detector image is mirrored; and so on.
+    """
+    oriented = cube.assign_coords(
+        scan_rotation=xr.Variable((), 0.4, attrs={"units": "rad"}),
+        scan_flip=xr.Variable((), flip))
+    q = _q_of(oriented)
+    v = np.array([0.3, 1.1])
+    mirror_x, mirror_y, swap = np.diag([-1.0, 1]), np.diag([1.0, -1]), np.array([[0, 1.0], [1, 0]])
+    np.testing.assert_allclose(_q_of(s4.flip_r(oriented, "ry")) @ (mirror_y @ v), q @ v)
+    np.testing.assert_allclose(_q_of(s4.flip_r(oriented, "rx")) @ (mirror_x @ v), q @ v)
+    np.testing.assert_allclose(_q_of(s4.transpose_r(oriented)) @ (swap @ v), q @ v)
+    np.testing.assert_allclose(_q_of(s4.flip_q(oriented, "qy")) @ v, mirror_y @ q @ v)
+    np.testing.assert_allclose(_q_of(s4.flip_q(oriented, "qx")) @ v, mirror_x @ q @ v)
+    np.testing.assert_allclose(_q_of(s4.transpose_q(oriented)) @ v, swap @ q @ v)
+    assert bool(s4.flip_q(oriented, "qx").scan_flip) is (not flip)  # a mirror flips hands
+    assert bool(s4.transpose_r(oriented).scan_flip) is (not flip)
+    assert "scan_rotation" not in s4.swap_rq(oriented).coords
+
+
+def test_transposes_keep_calibrated_positions(cube):
+    cropped = s4.crop_r(cube, (1, 4), (0, 5))  # rx = 5, 10, 15 Å
+    tr = s4.transpose_r(cropped)
+    np.testing.assert_allclose(tr.ry.values, cropped.rx.values)
+    np.testing.assert_allclose(tr.rx.values, cropped.ry.values)
+    stamps = cube.assign_coords(time=("ry", np.arange(5.0)))
+    assert s4.transpose_r(stamps).time.dims == ("rx",)
+    ox = np.linspace(2, 3, 20).reshape(4, 5)
+    oy = np.linspace(3.5, 2.5, 20).reshape(4, 5)
+    per = s4.set_origin(cube, ox, oy)
+    tq_x, tq_y = s4.origin(s4.transpose_q(per))
+    np.testing.assert_allclose(tq_x.values, oy)
+    np.testing.assert_allclose(tq_y.values, ox)
+    fr_x, _ = s4.origin(s4.flip_r(per, "rx"))
+    np.testing.assert_allclose(fr_x.values, ox[::-1])
+    assert "qx0" not in s4.swap_rq(per).coords
+
+
+def test_single_element_axes_keep_their_step(cube):
+    one = cube.isel(rx=[2])
+    assert s4.r_pixel_size(one)[0] == pytest.approx(5.0)
+    assert s4.r_pixel_size(s4.transpose_r(cube.isel(ry=[0])))[0] == pytest.approx(2.5)
+    assert s4.q_pixel_size(cube.isel(qx=[1]))[0] == pytest.approx(0.02)
+
+
+def test_datacube_refuses_a_dataarray_and_checks_units(cube):
+    with pytest.raises(TypeError, match="data is already a DataArray"):
+        s4.datacube(cube)
+    odd = cube.copy()
+    odd.coords["qx"].attrs["units"] = "furlongs"
+    with pytest.raises(ValueError, match=r"has units 'furlongs': expected one of"):
+        s4.validate_cube(odd)
+    with pytest.raises(ValueError, match=r"r_step must be a number or a pair"):
+        s4.datacube(np.zeros((2, 2, 3, 3)), r_step="a")
+    nan = cube.copy(data=np.full(cube.shape, np.nan, dtype="float32"))
+    with pytest.raises(ValueError, match="entirely NaN"):
+        s4.virtual_diffraction(nan, "mean")
+
+
+def test_import_does_not_load_jax():
+    import subprocess
+    import sys
+
+    code = "import stem4d, sys; print('jax' in sys.modules, 'matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "False"]

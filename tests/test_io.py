@@ -564,3 +564,22 @@ def test_rsciio_bad_file_names_it(tmp_path):
     (tmp_path / "bad.dm4").write_bytes(b"not a dm4 file" * 10)
     with pytest.raises(ValueError, match=r"bad\.dm4"):
         stem4d.open(tmp_path / "bad.dm4")
+
+
+def test_save_never_replaces_a_foreign_directory(tmp_path):
+    cube = stem4d.datacube(np.ones((2, 2, 3, 3), "float32"))
+    folder = tmp_path / "results.nc"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    with pytest.raises(IsADirectoryError, match="results.nc"):
+        stem4d.save(cube, folder)
+    plain = tmp_path / "plain.zarr"
+    plain.mkdir()
+    (plain / "notes.txt").write_text("keep me too")
+    with pytest.raises(FileExistsError, match="not a zarr store"):
+        stem4d.save(cube, plain)
+    assert (folder / "notes.txt").read_text() == "keep me"
+    assert (plain / "notes.txt").read_text() == "keep me too"
+    store = stem4d.save(cube, tmp_path / "good.zarr")
+    stem4d.save(cube * 2, store)  # a stem4d zarr store is replaced
+    np.testing.assert_array_equal(stem4d.open(store).values, 2 * np.ones((2, 2, 3, 3)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -10,6 +11,10 @@ import xarray as xr
 import stem4d as s4
 
 RNG = np.random.default_rng(42)
+
+
+def _refuse_compute(*args, **kwargs):
+    raise AssertionError("a lazy function computed dask data")
 
 
 @pytest.fixture(scope="module")
@@ -221,3 +226,57 @@ def test_bad_input_messages(cube):
         s4.virtual_image(no_units, bf)
     with pytest.raises(ValueError, match="annulus|inner < outer"):
         s4.detectors.annulus(cube, radii=(0.5, 0.2))
+
+
+def test_dask_results_stay_lazy(drifting):
+    cube, _, _ = drifting
+    # the data are lazy; the small (rx, ry) origin coordinates are in memory (they are
+    # read when a function needs them, like any coordinate)
+    lazy_cube = cube.chunk({"rx": 2}).assign_coords(qx0=cube.qx0, qy0=cube.qy0)
+    pt = s4.detectors.point(cube, (0.0, 0.0))
+    with dask.config.set(scheduler=_refuse_compute):
+        for result in (
+            s4.virtual_image(lazy_cube, pt),
+            s4.virtual_image(lazy_cube, pt, shift_center=True, subpixel=True),
+            s4.virtual_diffraction(lazy_cube, "mean", shift_center=True),
+            s4.virtual_diffraction(lazy_cube, "max"),
+            s4.virtual_diffraction(lazy_cube, "median", shift_center=True, subpixel=True),
+        ):
+            assert isinstance(result.data, da.Array)
+
+
+def test_integer_shift_center_matches_rolled_patterns():
+    ox = 12 + RNG.integers(-3, 4, (4, 5)) + RNG.uniform(-0.3, 0.3, (4, 5))
+    oy = 11 + RNG.integers(-3, 4, (4, 5)) + RNG.uniform(-0.3, 0.3, (4, 5))
+    data = RNG.random((4, 5, 24, 22)).astype("f4")
+    c = s4.set_origin(s4.datacube(data), ox, oy)
+    sx, sy = np.rint(ox - ox.mean()).astype(int), np.rint(oy - oy.mean()).astype(int)
+    rolled = np.stack([[np.roll(data[i, j], (-sx[i, j], -sy[i, j]), axis=(0, 1))
+                        for j in range(5)] for i in range(4)])
+    for method in ("mean", "max", "median"):
+        expected = getattr(np, method)(rolled, axis=(0, 1))
+        np.testing.assert_allclose(
+            s4.virtual_diffraction(c, method, shift_center=True).values, expected, rtol=1e-6)
+        np.testing.assert_allclose(
+            s4.virtual_diffraction(c.chunk({"rx": 3}), method, shift_center=True).values,
+            expected, rtol=1e-6)
+
+
+def test_oblique_bragg_lattice_matches_brute_force(cube):
+    g1, g2 = (0.42, 0.13), (-0.2, 0.55)
+    det = s4.detectors.bragg_lattice(cube, g1, g2, radius=0.09, q_max=0.8)
+    qx, qy = np.meshgrid(cube.qx.values, cube.qy.values, indexing="ij")
+    expected = np.zeros(det.shape, dtype=bool)
+    for h in range(-6, 7):
+        for k in range(-6, 7):
+            gx, gy = h * g1[0] + k * g2[0], h * g1[1] + k * g2[1]
+            if np.hypot(gx, gy) <= 0.8:
+                expected |= (qx - gx) ** 2 + (qy - gy) ** 2 <= 0.09**2
+    np.testing.assert_array_equal(det.values, expected)
+
+
+def test_weights_summing_to_zero_are_refused(cube):
+    w = np.ones(cube.shape[:2])
+    w[0] = -w[1:].sum() / cube.shape[1]
+    with pytest.raises(ValueError, match="mask weights sum to zero"):
+        s4.virtual_diffraction(cube, "mean", mask=w)

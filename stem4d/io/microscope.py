@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..datacube import datacube, set_beam
+from ..datacube import Q_UNITS, R_UNITS, datacube, set_beam
 from ._common import existing_path
 from .chunks import scan_row_chunks
 
@@ -35,13 +35,6 @@ INSTALL_HINT = (
     'RosettaSciIO is needed to read this format: pip install "stem4d[formats]" '
     "(RosettaSciIO, GPL-3.0, optional)"
 )
-# lengths -> Å, angles/spatial frequencies -> 1/Å or mrad
-_R_FACTORS = {"Å": 1.0, "A": 1.0, "angstrom": 1.0, "nm": 10.0, "pm": 0.01,
-              "µm": 1e4, "um": 1e4, "μm": 1e4, "mm": 1e7, "m": 1e10}
-_Q_FACTORS = {"1/Å": ("1/Å", 1.0), "1/A": ("1/Å", 1.0), "A^-1": ("1/Å", 1.0),
-              "Å^-1": ("1/Å", 1.0), "1/nm": ("1/Å", 0.1), "nm^-1": ("1/Å", 0.1),
-              "1/pm": ("1/Å", 100.0), "mrad": ("mrad", 1.0), "rad": ("mrad", 1000.0),
-              "µrad": ("mrad", 1e-3), "urad": ("mrad", 1e-3)}
 _PREFERRED = {"mrc": "MRC"}  # extension -> plugin tried first when several match
 
 
@@ -116,10 +109,9 @@ def _calibrate(axes: list[dict[str, Any]], kind: str, path: Path) -> tuple[Any, 
     for axis in axes:
         step, offset = _axis_step_offset(axis)
         text = _units_text(axis)
-        if kind == "r" and text in _R_FACTORS:
-            unit, factor = "Å", _R_FACTORS[text]
-        elif kind == "q" and text in _Q_FACTORS:
-            unit, factor = _Q_FACTORS[text]
+        table = R_UNITS if kind == "r" else Q_UNITS
+        if text in table and table[text][0] != "pixels":
+            unit, factor = table[text]
         elif text is None and step == 1.0 and offset == 0.0:
             unit, factor = "pixels", 1.0
         else:

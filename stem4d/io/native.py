@@ -244,6 +244,24 @@ def _swap_into_place(tmp: Path, path: Path) -> None:
     _remove(old)
 
 
+def _refuse_to_replace_foreign(path: Path, fmt: str) -> None:
+    """Never replace a directory that is not a zarr store, nor a file by a zarr store."""
+    if not path.exists():
+        return
+    if fmt != "zarr" and path.is_dir():
+        raise IsADirectoryError(
+            f"cannot save a {fmt} file to {path}: it is an existing directory "
+            "(stem4d will not replace a directory with a file)")
+    if fmt == "zarr":
+        if not path.is_dir():
+            raise FileExistsError(
+                f"cannot save a zarr store to {path}: it is an existing file, not a directory")
+        if not any((path / marker).exists() for marker in ("zarr.json", ".zgroup", ".zarray")):
+            raise FileExistsError(
+                f"cannot save a zarr store to {path}: the existing directory is not a zarr "
+                "store (no zarr.json/.zgroup), and stem4d will not delete it")
+
+
 def save(
     obj: xr.DataArray | xr.Dataset | xr.DataTree,
     path: str | os.PathLike,
@@ -311,6 +329,7 @@ def save(
         raise FileNotFoundError(f"cannot save to {path}: directory {path.parent} does not exist")
     if not overwrite and (path.exists() or path.is_symlink()):
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    _refuse_to_replace_foreign(path, fmt)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
         _write(out, tmp, fmt, kwargs)

@@ -203,7 +203,10 @@ def read_empad(
     except (TypeError, ValueError):
         raise ValueError(f"detector_shape must be a pair (qx, qy), got {detector_shape!r}") \
             from None
-    dt = np.dtype(dtype)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"dtype must be a numpy dtype such as 'float32', got {dtype!r}") from None
     if dr < 1 or dc < 1 or int(offset) < 0 or int(gap) < 0:
         raise ValueError(
             "detector_shape must be positive and offset, gap non-negative (bytes), got "
