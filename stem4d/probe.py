@@ -1,0 +1,878 @@
+"""The probe: vacuum and synthetic probes, disk measurement, correlation kernels.
+
+Every function returns ``(qx, qy)`` DataArrays on the detector grid (and with the
+detector coordinates) of its source, or a small :class:`xarray.Dataset` of numbers with
+units. Positions and lengths given to or returned by this module are in **detector
+pixels**: a centre is a fractional ``(row, column)`` index (pixel ``(i, j)`` has its
+centre at ``(i, j)``), like :func:`stem4d.set_origin`; calibrated copies (in the units of
+the ``qx``/``qy`` coordinates) are added where the source is calibrated.
+
+* :func:`vacuum_probe` averages a vacuum image or stack (no alignment) and zeroes
+  everything outside a mask made by thresholding, opening and expanding;
+* :func:`probe_from_cube` averages a region of a datacube, optionally aligning the
+  patterns by subpixel cross-correlation first;
+* :func:`synthetic_probe` draws a disk with a logistic edge;
+* :func:`measure_disk` / :func:`probe_size` find the central disk's radius and centre
+  with a threshold sweep;
+* :func:`kernel` turns a probe into a template-matching kernel centred on the array
+  corner ``[0, 0]`` (``flat``, ``gaussian``, ``sigmoid``, ``sigmoid_log``).
+
+Robust maximum
+    Thresholds are fractions of the image's range ``[lo, hi]``, where ``lo``/``hi`` are
+    the minimum/maximum of the 3 x 3 median-filtered image: a single hot pixel does not
+    set the scale. For a probe on a zero background this is the plain maximum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import scipy.fft
+import xarray as xr
+from scipy import ndimage
+from scipy.special import expit
+
+from . import _kernels
+from .datacube import validate_cube
+
+__all__ = [
+    "vacuum_probe",
+    "probe_from_cube",
+    "synthetic_probe",
+    "measure_disk",
+    "probe_size",
+    "kernel",
+    "KERNEL_MODES",
+]
+
+KERNEL_MODES: tuple[str, ...] = ("flat", "gaussian", "sigmoid", "sigmoid_log")
+_XCORR_BLOCK_BYTES = 32 * 2**20
+_UPSAMPLE = 16  # subpixel cross-correlation: search grid step 1/_UPSAMPLE pixel
+
+
+# ------------------------------------------------------------------ input helpers
+def _numeric(values: Any, argname: str) -> None:
+    dtype = np.dtype(values.dtype)
+    if not (np.issubdtype(dtype, np.number) or dtype.kind == "b") or np.issubdtype(
+            dtype, np.complexfloating):
+        raise TypeError(f"{argname} must hold real numbers, got dtype {dtype}")
+
+
+def _finite(values: np.ndarray, argname: str) -> None:
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{argname} contains NaN or inf values; replace or mask them first")
+
+
+def _pixel_coords(shape: tuple[int, int], center: tuple[float, float] = (0.0, 0.0)
+                  ) -> dict[str, xr.Variable]:
+    return {"qx": xr.Variable(("qx",), np.arange(shape[0]) - center[0], {"units": "pixels"}),
+            "qy": xr.Variable(("qy",), np.arange(shape[1]) - center[1], {"units": "pixels"})}
+
+
+def _detector_coords(obj: xr.DataArray | xr.Dataset) -> dict[str, xr.Variable]:
+    """The detector coordinates (and scalar calibrations) of a cube or pattern."""
+    out = {k: v.variable for k, v in obj.coords.items()
+           if v.ndim == 0 or (v.ndim >= 1 and set(v.dims) <= {"qx", "qy"})}
+    for dim in ("qx", "qy"):
+        if dim not in out:
+            out[dim] = xr.Variable((dim,), np.arange(obj.sizes[dim], dtype=float),
+                                   {"units": "pixels"})
+    return out
+
+
+def _as_image(obj: Any, argname: str) -> tuple[np.ndarray, dict[str, xr.Variable]]:
+    """A 2-D pattern as ``(values, coords)``; a dask-backed pattern is computed (2-D)."""
+    if isinstance(obj, xr.Dataset):
+        raise TypeError(f"{argname} must be a (qx, qy) DataArray or a 2-D array, got a Dataset")
+    if isinstance(obj, xr.DataArray):
+        if obj.ndim != 2 or set(obj.dims) != {"qx", "qy"}:
+            hint = (" (a datacube: make a probe with stem4d.probe.vacuum_probe or "
+                    "probe_from_cube first)" if obj.ndim == 4 else "")
+            raise ValueError(
+                f"{argname} must be a 2-D pattern with dims ('qx', 'qy'), got dims "
+                f"{tuple(obj.dims)} with shape {tuple(obj.shape)}{hint}"
+            )
+        obj = obj.transpose("qx", "qy")
+        _numeric(obj, argname)
+        values = np.asarray(obj.values)
+        coords = _detector_coords(obj)
+    else:
+        arr = obj if hasattr(obj, "ndim") and hasattr(obj, "dtype") else np.asarray(obj)
+        if arr.ndim != 2:
+            hint = (" (a datacube: make a probe with stem4d.probe.vacuum_probe or "
+                    "probe_from_cube first)" if arr.ndim == 4 else "")
+            raise ValueError(
+                f"{argname} must be a 2-D (qx, qy) pattern, got {arr.ndim}-D with shape "
+                f"{tuple(arr.shape)}{hint}"
+            )
+        _numeric(arr, argname)
+        values = np.asarray(arr)
+        coords = _pixel_coords(values.shape)
+    if min(values.shape) < 3:
+        raise ValueError(f"{argname} must be at least 3 x 3 pixels, got shape {values.shape}")
+    _finite(values, argname)
+    return values, coords
+
+
+def _detector_mask(mask: Any, shape: tuple[int, int], argname: str = "mask") -> np.ndarray:
+    """A user detector mask (bool or float weights) of the detector shape."""
+    if isinstance(mask, xr.DataArray):
+        if set(mask.dims) != {"qx", "qy"}:
+            raise ValueError(f"{argname} must have dims ('qx', 'qy'), got {tuple(mask.dims)}")
+        mask = mask.transpose("qx", "qy").values
+    values = np.asarray(mask)
+    if values.shape != tuple(shape):
+        raise ValueError(
+            f"{argname} must have the detector shape (qx, qy) = {tuple(shape)}, "
+            f"got {values.shape}"
+        )
+    _numeric(values, argname)
+    _finite(values, argname)
+    return values
+
+
+def _check_fraction(value: Any, argname: str) -> float:
+    v = float(value)
+    if not (np.isfinite(v) and 0 <= v < 1):
+        raise ValueError(f"{argname} must be a fraction of the maximum in [0, 1), got {value!r}")
+    return v
+
+
+def _check_count(value: Any, argname: str) -> int:
+    if isinstance(value, bool) or int(value) != value or value < 0:
+        raise ValueError(f"{argname} must be a non-negative whole number of pixels, "
+                         f"got {value!r}")
+    return int(value)
+
+
+def _robust_range(values: np.ndarray) -> tuple[float, float, tuple[int, int]]:
+    """``(lo, hi, argmax)`` of the 3 x 3 median-filtered image."""
+    filt = ndimage.median_filter(values.astype(np.float64, copy=False), size=3,
+                                 mode="nearest")
+    seed = np.unravel_index(int(np.argmax(filt)), filt.shape)
+    return float(filt.min()), float(filt.max()), (int(seed[0]), int(seed[1]))
+
+
+def _disk_structure(radius: int) -> np.ndarray:
+    x = np.arange(-radius, radius + 1)
+    return x[:, None] ** 2 + x[None, :] ** 2 <= radius**2
+
+
+def _probe_mask(probe: np.ndarray, threshold: float, expansion: int, opening: int
+                ) -> np.ndarray:
+    """Region ``probe > threshold * max``, opened by a disk of radius ``opening``, then
+    expanded by ``expansion`` pixels (Euclidean distance)."""
+    _, hi, _ = _robust_range(probe)
+    region = probe > threshold * hi
+    if opening > 0:
+        region = ndimage.binary_opening(region, structure=_disk_structure(opening))
+    if not region.any():
+        raise ValueError(
+            f"the probe mask is empty: no region above threshold={threshold} x max survives "
+            f"an opening of {opening} pixels; lower threshold or opening"
+        )
+    if expansion > 0:
+        region = ndimage.distance_transform_edt(~region) <= expansion
+    return region
+
+
+def _probe_result(probe: np.ndarray, coords: dict, name: str, attrs: dict) -> xr.DataArray:
+    return xr.DataArray(probe, dims=("qx", "qy"), coords=coords, name=name, attrs=attrs)
+
+
+# ------------------------------------------------------------------ vacuum probes
+def vacuum_probe(
+    data: Any,
+    *,
+    mask: Any = None,
+    threshold: float = 0.2,
+    expansion: int = 12,
+    opening: int = 3,
+) -> xr.DataArray:
+    """Vacuum probe from a vacuum image or a stack of vacuum patterns (no alignment).
+
+    Parameters
+    ----------
+    data
+        A ``(qx, qy)`` image, or a stack: a DataArray whose last dims are ``qx``, ``qy``
+        (every other dim is averaged, e.g. ``(scan, qx, qy)`` or a whole vacuum
+        datacube), or a 2-D / 3-D ``(N, qx, qy)`` array. The beam is assumed stationary;
+        use :func:`probe_from_cube` to align the patterns first. A dask-backed stack is
+        reduced lazily and only the 2-D mean is computed.
+    mask
+        Optional ``(qx, qy)`` detector mask (bool or float weights) multiplied into the
+        mean pattern first.
+    threshold
+        Fraction of the (3 x 3 median-filtered) maximum: pixels above it form the
+        probe region.
+    expansion
+        The region is grown by this many pixels (Euclidean binary dilation) to take in
+        the probe's tails.
+    opening
+        Radius, pixels, of the disk used to open the region *before* the expansion,
+        removing stray bright pixels (a hot pixel dilated first would survive).
+
+    Returns
+    -------
+    ``(qx, qy)`` DataArray, zero outside the expanded region, with the detector
+    coordinates of ``data`` (pixels from 0 for a plain array); float32 (float64 for
+    float64 data).
+
+    Notes
+    -----
+    py4DSTEM's ``Probe.from_vacuum_data`` takes the same parameters but tapers the mask
+    with a cosine over ``expansion`` pixels; here the mask is hard (1 inside the
+    expanded region, 0 outside), so the probe inside is the plain mean.
+    """
+    threshold = _check_fraction(threshold, "threshold")
+    expansion = _check_count(expansion, "expansion")
+    opening = _check_count(opening, "opening")
+    if isinstance(data, xr.DataArray):
+        if data.ndim < 2 or tuple(data.dims[-2:]) != ("qx", "qy"):
+            raise ValueError(
+                f"data must have dims (..., 'qx', 'qy'), got {tuple(data.dims)}"
+            )
+        _numeric(data, "data")
+        coords = _detector_coords(data)
+        lead = list(data.dims[:-2])
+        mean = data.astype(_kernels.work_dtype(data.dtype)).mean(lead) if lead else data
+        values = np.asarray(mean.values)
+        n = int(np.prod([data.sizes[d] for d in lead])) if lead else 1
+    else:
+        arr = data if hasattr(data, "ndim") and hasattr(data, "dtype") else np.asarray(data)
+        if arr.ndim not in (2, 3):
+            hint = (" (a 4-D datacube: use stem4d.probe.probe_from_cube, or a DataArray)"
+                    if arr.ndim == 4 else "")
+            raise ValueError(
+                f"data must be a 2-D vacuum image (qx, qy) or a 3-D stack (N, qx, qy), got "
+                f"{arr.ndim}-D with shape {tuple(arr.shape)}{hint}"
+            )
+        _numeric(arr, "data")
+        wd = _kernels.work_dtype(arr.dtype)
+        mean = arr.astype(wd).mean(axis=0) if arr.ndim == 3 else arr.astype(wd)
+        values = np.asarray(mean.compute() if isinstance(mean, da.Array) else mean)
+        coords = _pixel_coords(values.shape[-2:])
+        n = arr.shape[0] if arr.ndim == 3 else 1
+    if min(values.shape) < 3:
+        raise ValueError(f"data patterns must be at least 3 x 3 pixels, got {values.shape}")
+    _finite(values, "data")
+    values = values.astype(_kernels.work_dtype(values.dtype), copy=True)
+    if mask is not None:
+        values = (values * _detector_mask(mask, values.shape)).astype(values.dtype)
+    region = _probe_mask(values, threshold, expansion, opening)
+    return _probe_result(
+        np.where(region, values, 0).astype(values.dtype), coords, "probe",
+        {"source": "stem4d.probe.vacuum_probe", "n_patterns": n, "aligned": 0,
+         "threshold": threshold, "expansion": expansion, "opening": opening},
+    )
+
+
+def _roi_mask(cube: xr.DataArray, roi: Any) -> np.ndarray:
+    """A bool ``(rx, ry)`` selection from ``roi`` (None, bool mask, 2 slices/ranges, or
+    ``(rx_min, rx_max, ry_min, ry_max)``)."""
+    shape = (cube.sizes["rx"], cube.sizes["ry"])
+    if roi is None:
+        return np.ones(shape, bool)
+    if isinstance(roi, xr.DataArray) or (isinstance(roi, np.ndarray) and roi.ndim == 2):
+        values = (roi.transpose("rx", "ry").values if isinstance(roi, xr.DataArray)
+                  else roi)
+        values = np.asarray(values)
+        if values.dtype != bool:
+            raise TypeError(f"roi as an array must be a bool (rx, ry) mask, got {values.dtype}")
+        if values.shape != shape:
+            raise ValueError(f"roi must have the scan shape (rx, ry) = {shape}, "
+                             f"got {values.shape}")
+        sel = values.copy()
+    elif isinstance(roi, (tuple, list)) and len(roi) == 2:
+        sel = np.zeros(shape, bool)
+        index = []
+        for axis, part in zip(("rx", "ry"), roi, strict=True):
+            if isinstance(part, (slice, range)):
+                index.append(part if isinstance(part, slice)
+                             else np.asarray(part, dtype=np.int64))
+            else:
+                raise TypeError(
+                    f"roi[{axis}] must be a slice or range of scan indices, got {part!r}"
+                )
+        rows = np.arange(shape[0])[index[0]]
+        cols = np.arange(shape[1])[index[1]]
+        sel[np.ix_(rows, cols)] = True
+    elif isinstance(roi, (tuple, list)) and len(roi) == 4:
+        x0, x1, y0, y1 = (int(v) for v in roi)
+        sel = np.zeros(shape, bool)
+        sel[x0:x1, y0:y1] = True
+    else:
+        raise TypeError(
+            "roi must be None, a bool (rx, ry) mask, a pair of slices/ranges "
+            f"(rx, ry), or (rx_min, rx_max, ry_min, ry_max), got {roi!r}"
+        )
+    if not sel.any():
+        raise ValueError(f"roi selects no scan position (scan shape {shape}): got {roi!r}")
+    return sel
+
+
+def probe_from_cube(
+    cube: xr.DataArray,
+    *,
+    roi: Any = None,
+    mask: Any = None,
+    align: bool = True,
+    threshold: float = 0.0,
+    expansion: int = 12,
+    opening: int = 3,
+) -> xr.DataArray:
+    """Vacuum probe from a region of a datacube, aligning the patterns first.
+
+    Parameters
+    ----------
+    cube
+        Datacube ``(rx, ry, qx, qy)``, numpy- or dask-backed. For a dask cube the
+        bounding box of the selected region is computed (the selection must fit in
+        memory; it is usually a small vacuum area).
+    roi
+        Scan positions to use: ``None`` (all), a bool ``(rx, ry)`` mask, a pair
+        ``(rx_slice_or_range, ry_slice_or_range)`` of scan indices, or the four indices
+        ``(rx_min, rx_max, ry_min, ry_max)`` (half-open).
+    mask
+        Optional ``(qx, qy)`` detector mask multiplied into every pattern before
+        alignment and averaging.
+    align
+        Align the patterns before averaging: each is cross-correlated with the
+        reference (first the plain average, then once more the aligned average), the
+        correlation peak located to 1/16 pixel by an upsampled DFT and a parabola, and
+        the pattern moved by that shift in Fourier space (periodic at the detector
+        edges). The mean shift is removed, so the result sits where the beam was on
+        average over the region.
+    threshold, expansion, opening
+        Final masking step, as in :func:`vacuum_probe` (``threshold=0`` keeps every
+        positive pixel).
+
+    Returns
+    -------
+    ``(qx, qy)`` DataArray with the cube's detector coordinates and scalar
+    calibrations; attrs ``n_patterns``, ``aligned`` and ``shift_rms`` (pixels, the RMS
+    alignment shift).
+    """
+    validate_cube(cube)
+    threshold = _check_fraction(threshold, "threshold")
+    expansion = _check_count(expansion, "expansion")
+    opening = _check_count(opening, "opening")
+    sel = _roi_mask(cube, roi)
+    rows, cols = np.flatnonzero(sel.any(1)), np.flatnonzero(sel.any(0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    data = cube.data[box]
+    if isinstance(data, da.Array):
+        data = data.compute()
+    stack = np.asarray(data)[sel[box]]
+    wd = _kernels.work_dtype(stack.dtype)
+    stack = stack.astype(wd, copy=False)
+    _finite(stack, "cube (selected patterns)")
+    det_shape = stack.shape[1:]
+    if mask is not None:
+        stack = stack * _detector_mask(mask, det_shape).astype(wd)
+    n = stack.shape[0]
+    shifts = np.zeros((n, 2))
+    if align and n > 1:
+        ref = stack.mean(axis=0, dtype=np.float64)
+        for _ in range(2):
+            shifts = _xcorr_shifts(stack, ref)
+            shifts -= shifts.mean(axis=0)
+            ref = _kernels.fourier_shifted_sum(stack, -shifts, None) / n
+        probe = ref
+    else:
+        probe = stack.mean(axis=0, dtype=np.float64)
+    probe = probe.astype(wd)
+    region = _probe_mask(probe, threshold, expansion, opening)
+    return _probe_result(
+        np.where(region, probe, 0).astype(wd), _detector_coords(cube), "probe",
+        {"source": "stem4d.probe.probe_from_cube", "n_patterns": int(n),
+         "aligned": int(bool(align and n > 1)),
+         "shift_rms": float(np.sqrt((shifts**2).sum(1).mean())),
+         "threshold": threshold, "expansion": expansion, "opening": opening},
+    )
+
+
+def _xcorr_shifts(stack: np.ndarray, ref: np.ndarray, upsample: int = _UPSAMPLE,
+                  workers: int = -1) -> np.ndarray:
+    """Shift of each pattern relative to ``ref`` by subpixel cross-correlation.
+
+    Returns ``(N, 2)`` pixels ``d`` such that ``stack[i](p) ~ ref(p - d)`` (periodic,
+    within ``[-n/2, n/2)``). The integer peak of the FFT cross-correlation is refined on
+    a grid of step ``1/upsample`` pixel over +-1 pixel (a matrix DFT of the
+    cross-power spectrum), then by a parabola through the best grid point.
+    """
+    n_pat, nx, ny = stack.shape
+    ctype = np.complex128 if stack.dtype == np.float64 else np.complex64
+    ref_f = np.conj(scipy.fft.fft2(np.asarray(ref, dtype=stack.dtype), workers=workers))
+    ref_f[0, 0] = 0
+    fx, fy = np.fft.fftfreq(nx), np.fft.fftfreq(ny)
+    half = upsample
+    grid = np.arange(-half, half + 1) / upsample  # +-1 pixel
+    out = np.empty((n_pat, 2))
+    block = max(1, _XCORR_BLOCK_BYTES // (nx * ny * 16))
+    for start in range(0, n_pat, block):
+        blk = stack[start:start + block]
+        cross = scipy.fft.fft2(blk, workers=workers) * ref_f
+        corr = scipy.fft.ifft2(cross, workers=workers).real
+        flat = corr.reshape(corr.shape[0], -1).argmax(1)
+        px, py = np.unravel_index(flat, (nx, ny))
+        px = np.where(px >= (nx + 1) // 2, px - nx, px).astype(float)
+        py = np.where(py >= (ny + 1) // 2, py - ny, py).astype(float)
+        dx = px[:, None] + grid[None, :]  # (b, m)
+        dy = py[:, None] + grid[None, :]
+        ex = np.exp(2j * np.pi * dx[:, :, None] * fx[None, None, :]).astype(ctype)
+        ey = np.exp(2j * np.pi * dy[:, :, None] * fy[None, None, :]).astype(ctype)
+        local = np.einsum("bmk,bkl,bnl->bmn", ex, cross.astype(ctype), ey,
+                          optimize=True).real
+        best = local.reshape(local.shape[0], -1).argmax(1)
+        im, jn = np.unravel_index(best, local.shape[1:])
+        b = np.arange(local.shape[0])
+        out[start:start + len(blk), 0] = dx[b, im] + _parabola(local, b, im, jn, 0) / upsample
+        out[start:start + len(blk), 1] = dy[b, jn] + _parabola(local, b, im, jn, 1) / upsample
+    return out
+
+
+def _parabola(values: np.ndarray, b: np.ndarray, i: np.ndarray, j: np.ndarray,
+              axis: int) -> np.ndarray:
+    """Vertex offset (grid steps, within +-0.5) of a parabola through 3 points."""
+    size = values.shape[1 + axis]
+    ic = np.clip(i if axis == 0 else j, 1, size - 2)
+    if axis == 0:
+        lo, mid, hi = values[b, ic - 1, j], values[b, ic, j], values[b, ic + 1, j]
+    else:
+        lo, mid, hi = values[b, i, ic - 1], values[b, i, ic], values[b, i, ic + 1]
+    den = lo - 2 * mid + hi
+    safe = np.where(den < 0, den, -1.0)
+    off = np.where(den < 0, 0.5 * (lo - hi) / safe, 0.0)
+    return np.clip(off + (ic - (i if axis == 0 else j)), -0.5, 0.5)
+
+
+# ------------------------------------------------------------------ synthetic probe
+def synthetic_probe(
+    obj_or_shape: Any,
+    radius: float,
+    width: float,
+    *,
+    center: Sequence[float] | None = None,
+    dtype: Any = "float32",
+) -> xr.DataArray:
+    """A disk with a logistic edge: ``1 / (1 + exp((r - radius) / width))``.
+
+    Parameters
+    ----------
+    obj_or_shape
+        A cube or pattern (its detector grid and coordinates are used) or a plain
+        ``(qx, qy)`` shape.
+    radius
+        Disk radius, pixels: the 50 % contour.
+    width
+        Logistic edge scale, pixels: the value falls from 73 % to 27 % over
+        ``radius +- width`` (py4DSTEM's ``generate_synthetic_probe`` width is 4x this).
+    center
+        Disk centre, detector pixels (fractional ``(row, column)`` index). Default: where
+        the coordinates are zero (the origin) for a cube or pattern, the detector centre
+        ``((nqx - 1) / 2, (nqy - 1) / 2)`` for a shape.
+    dtype
+        Data type of the result.
+
+    Returns
+    -------
+    ``(qx, qy)`` DataArray with values in ``(0, 1)``: the source's detector coordinates,
+    or pixel coordinates zero at the centre for a shape.
+    """
+    if isinstance(obj_or_shape, (xr.DataArray, xr.Dataset)):
+        for dim in ("qx", "qy"):
+            if dim not in obj_or_shape.dims:
+                raise ValueError(
+                    f"obj_or_shape must have 'qx' and 'qy' dims, got {tuple(obj_or_shape.dims)}"
+                )
+        shape = (obj_or_shape.sizes["qx"], obj_or_shape.sizes["qy"])
+        coords = _detector_coords(obj_or_shape)
+        default = tuple(float(-coords[d].values[0] / (coords[d].values[1] - coords[d].values[0]))
+                        if coords[d].size > 1 else 0.0 for d in ("qx", "qy"))
+    else:
+        try:
+            shape = tuple(int(v) for v in obj_or_shape)
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                "obj_or_shape must be a cube/pattern DataArray or a (qx, qy) pair of positive "
+                f"ints, got {obj_or_shape!r}"
+            ) from err
+        if len(shape) != 2 or min(shape) < 1 or any(int(v) != v for v in obj_or_shape):
+            raise ValueError(f"obj_or_shape must be a pair of positive ints, got {obj_or_shape!r}")
+        default = ((shape[0] - 1) / 2.0, (shape[1] - 1) / 2.0)
+        coords = None
+    if not (np.isfinite(radius) and radius > 0):
+        raise ValueError(f"radius must be positive (pixels), got {radius!r}")
+    if not (np.isfinite(width) and width > 0):
+        raise ValueError(f"width must be positive (pixels), got {width!r}")
+    c = default if center is None else _center(center, "center")
+    if coords is None:
+        coords = _pixel_coords(shape, c)
+    ix = np.arange(shape[0]) - c[0]
+    iy = np.arange(shape[1]) - c[1]
+    rho = np.hypot(ix[:, None], iy[None, :])
+    values = expit((radius - rho) / width).astype(dtype)
+    return _probe_result(values, coords, "probe", {
+        "source": "stem4d.probe.synthetic_probe", "radius": float(radius),
+        "width": float(width), "center": [float(c[0]), float(c[1])],
+        "profile": "1 / (1 + exp((r - radius) / width)), pixels"})
+
+
+def _center(value: Any, argname: str) -> tuple[float, float]:
+    arr = np.asarray(value, dtype=float)
+    if arr.shape != (2,) or not np.all(np.isfinite(arr)):
+        raise ValueError(
+            f"{argname} must be a finite (qx, qy) pair in detector pixels, got {value!r}"
+        )
+    return float(arr[0]), float(arr[1])
+
+
+# ------------------------------------------------------------------ disk measurement
+def _component(mask: np.ndarray, seed: tuple[int, int]) -> np.ndarray:
+    if not mask[seed]:
+        return np.zeros_like(mask)
+    labels, _ = ndimage.label(mask)
+    return labels == labels[seed]
+
+
+_SUB = 4  # subpixel factor of the bilinear area estimate
+
+
+def _interp_matrix(n: int, f: int) -> np.ndarray:
+    """``(f n, n)`` bilinear interpolation onto ``f`` sub-pixel centres per pixel."""
+    pos = (np.arange(n * f) + 0.5) / f - 0.5
+    pos = np.clip(pos, 0, n - 1)
+    i0 = np.minimum(np.floor(pos).astype(int), n - 2) if n > 1 else np.zeros(pos.size, int)
+    w = pos - i0
+    mat = np.zeros((n * f, n))
+    mat[np.arange(pos.size), i0] = 1 - w
+    if n > 1:
+        mat[np.arange(pos.size), i0 + 1] += w
+    return mat
+
+
+def _disk_sweep(values: np.ndarray, ts: np.ndarray) -> dict[str, Any]:
+    """Threshold sweep of the connected bright region holding the brightest pixel.
+
+    Areas are measured on a bilinear interpolant of the image (``_SUB`` x ``_SUB``
+    sub-pixels per pixel, within the region grown by one pixel), so they vary smoothly
+    with the threshold instead of in whole-pixel steps.
+    """
+    lo, hi, seed = _robust_range(values)
+    if not hi > lo:
+        raise ValueError("image is flat (after a 3 x 3 median filter): no disk to measure")
+    levels = lo + ts * (hi - lo)
+    base = _component(values > levels[0], seed)
+    if not base.any():
+        base = _component(values >= values[seed], seed)
+    x0, x1, y0, y1 = _kernels.nonzero_bbox(base)
+    x0, y0 = max(x0 - 2, 0), max(y0 - 2, 0)
+    x1, y1 = min(x1 + 2, values.shape[0]), min(y1 + 2, values.shape[1])
+    box = values[x0:x1, y0:y1]
+    up = _interp_matrix(box.shape[0], _SUB) @ box @ _interp_matrix(box.shape[1], _SUB).T
+    grow = np.ones((3, 3), bool)
+    areas = np.zeros(ts.size)
+    border = np.zeros(ts.size, bool)
+    regions = []
+    for i, level in enumerate(levels):
+        region = _component(values > level, seed)
+        regions.append(region)
+        border[i] = bool(region[0].any() or region[-1].any() or region[:, 0].any()
+                         or region[:, -1].any())
+        if not region.any():
+            continue
+        near = ndimage.binary_dilation(region[x0:x1, y0:y1], grow)
+        near = np.repeat(np.repeat(near, _SUB, 0), _SUB, 1)
+        areas[i] = np.count_nonzero(near & (up > level)) / _SUB**2
+    radii = np.sqrt(areas / np.pi)
+    valid = (areas > 0) & ~border
+    if not valid.any():
+        valid = areas > 0
+    if valid.sum() < 3:
+        raise ValueError(
+            "the threshold sweep found fewer than 3 usable thresholds (the disk is lost or "
+            "fills the image): check the image or thresh_lower/thresh_upper"
+        )
+    deriv = np.gradient(radii, ts)
+    k = max(3, ts.size // 10) | 1
+    smooth = np.abs(ndimage.uniform_filter1d(deriv, k, mode="nearest"))
+    smooth = np.where(valid, smooth, np.inf)
+    i0 = int(np.argmin(smooth))
+    tol = smooth[i0] + max(smooth[i0], 0.25 * float(np.median(smooth[valid])))
+    lo_i = hi_i = i0
+    while lo_i > 0 and smooth[lo_i - 1] <= tol:
+        lo_i -= 1
+    while hi_i < ts.size - 1 and smooth[hi_i + 1] <= tol:
+        hi_i += 1
+    run = slice(lo_i, hi_i + 1)
+    t_star = float(ts[run].mean())
+    level = lo + t_star * (hi - lo)
+    edge = np.nan
+    if ts[0] <= 0.25 and ts[-1] >= 0.75 and valid[(ts >= 0.25) & (ts <= 0.75)].all():
+        edge = float((np.interp(0.25, ts, radii) - np.interp(0.75, ts, radii))
+                     / (2 * np.log(3.0)))
+    # centre: intensity above the minimum over the stable region grown to take in the
+    # whole soft edge (3 edge widths + 1 pixel), so the edge is not cut asymmetrically
+    region = _component(values > level, seed)
+    if not region.any():
+        region = _component(values >= values[seed], seed)
+    grow_px = int(np.ceil(3 * (edge if np.isfinite(edge) else 1.0) + 1))
+    region = ndimage.distance_transform_edt(~region) <= grow_px
+    weight = np.where(region, np.maximum(values - lo, 0.0), 0.0)
+    total = weight.sum()
+    cx = float((weight.sum(1) @ np.arange(values.shape[0])) / total)
+    cy = float((weight.sum(0) @ np.arange(values.shape[1])) / total)
+    return {"radius": float(radii[run].mean()), "qx0": cx, "qy0": cy, "threshold": t_star,
+            "edge_width": edge, "radii": radii, "stable": (lo_i, hi_i), "range": (lo, hi)}
+
+
+def measure_disk(
+    image: Any,
+    *,
+    thresh_lower: float = 0.01,
+    thresh_upper: float = 0.99,
+    n: int = 100,
+) -> xr.Dataset:
+    """Radius and centre of the central (brightest) disk by a threshold sweep.
+
+    For ``n`` thresholds ``t`` in ``linspace(thresh_lower, thresh_upper, n)`` (fractions of
+    the image's robust range, see the module docstring) the connected region above
+    ``t`` that holds the brightest pixel has area ``A(t)`` and effective radius
+    ``sqrt(A / pi)``. The derivative ``dr/dt`` (smoothed over ``n // 10`` thresholds) is
+    smallest where the radius is most stable; the radius is the mean over the run of
+    thresholds around that minimum whose derivative is within ``max(2 x min, min +
+    median / 4)``. For an edge symmetric about its half height (logistic, erf) this is
+    the **50 % radius**, and the stable threshold is 0.5: for
+    :func:`synthetic_probe` the ``radius`` itself; for
+    :func:`stem4d.simulate.probe_disk` / ``crystal`` disks ``sqrt(radius**2 - s**2)``
+    with ``s**2 = edge_width**2 + 1/12`` (0.02 px below ``radius`` for radius 8, edge
+    0.5). Regions touching the image border are not used.
+
+    The centre is the centre of mass of ``image - level`` over the region above the
+    stable threshold (weights that vanish continuously at the region's edge, so the
+    pixelation of the edge does not bias it).
+
+    Parameters
+    ----------
+    image
+        ``(qx, qy)`` DataArray or 2-D array: a probe or any diffraction pattern (e.g. the
+        mean pattern); a dask-backed image is computed.
+    thresh_lower, thresh_upper
+        Range of thresholds, fractions in ``[0, 1]``.
+    n
+        Number of thresholds (>= 10).
+
+    Returns
+    -------
+    Dataset of 0-d variables ``radius``, ``qx0``, ``qy0`` (centre as a fractional pixel
+    index), ``edge_width`` (``(r(0.25) - r(0.75)) / (2 ln 3)``: the logistic ``width``
+    of :func:`synthetic_probe`, ``0.674 s`` for an erf edge of standard deviation
+    ``s``; edges sharper than ~0.5 px read about 0.3-0.4 px, the blur of the bilinear
+    area estimate), all pixels, and ``threshold``; the sweep ``sweep_radius`` (pixels) along
+    ``threshold_sweep``. For calibrated ``qx``/``qy`` (not pixels) also ``radius_q``,
+    ``qx0_q``, ``qy0_q`` in those units (in mrad, ``radius_q`` is the convergence
+    semiangle).
+    """
+    values, coords = _as_image(image, "image")
+    lower, upper = float(thresh_lower), float(thresh_upper)
+    if not (np.isfinite(lower) and np.isfinite(upper) and 0 <= lower < upper <= 1):
+        raise ValueError(
+            "thresh_lower and thresh_upper must satisfy 0 <= thresh_lower < thresh_upper <= 1, "
+            f"got {thresh_lower!r}, {thresh_upper!r}"
+        )
+    if isinstance(n, bool) or int(n) != n or n < 10:
+        raise ValueError(f"n must be an integer number of thresholds >= 10, got {n!r}")
+    ts = np.linspace(lower, upper, int(n))
+    res = _disk_sweep(values.astype(np.float64), ts)
+    px = {"units": "pixels"}
+    out = xr.Dataset(
+        {
+            "radius": ((), res["radius"], {**px, "long_name": "disk radius (50 % contour)"}),
+            "qx0": ((), res["qx0"], {**px, "long_name": "disk centre, row index"}),
+            "qy0": ((), res["qy0"], {**px, "long_name": "disk centre, column index"}),
+            "edge_width": ((), res["edge_width"], {
+                **px, "long_name": "edge width, (r(0.25) - r(0.75)) / (2 ln 3)"}),
+            "threshold": ((), res["threshold"], {
+                "units": "", "long_name": "stable threshold, fraction of the range"}),
+            "sweep_radius": (("threshold_sweep",), res["radii"], px),
+        },
+        coords={"threshold_sweep": ("threshold_sweep", ts, {"units": ""})},
+        attrs={"source": "stem4d.probe.measure_disk",
+               "stable_range": [float(ts[res["stable"][0]]), float(ts[res["stable"][1]])],
+               "intensity_range": [float(res["range"][0]), float(res["range"][1])]},
+    )
+    units = coords["qx"].attrs.get("units", "pixels")
+    if units != "pixels":
+        qx, qy = coords["qx"].values, coords["qy"].values
+        sx = float(qx[1] - qx[0]) if qx.size > 1 else 1.0
+        sy = float(qy[1] - qy[0]) if qy.size > 1 else 1.0
+        u = {"units": units}
+        out["radius_q"] = ((), res["radius"] * float(np.sqrt(abs(sx * sy))), u)
+        out["qx0_q"] = ((), float(qx[0] + res["qx0"] * sx), u)
+        out["qy0_q"] = ((), float(qy[0] + res["qy0"] * sy), u)
+    return out
+
+
+def probe_size(
+    cube: xr.DataArray,
+    *,
+    shift_center: bool = False,
+    thresh_lower: float = 0.01,
+    thresh_upper: float = 0.99,
+    n: int = 100,
+) -> xr.Dataset:
+    """:func:`measure_disk` on the cube's mean diffraction pattern.
+
+    Only the 2-D mean pattern is computed (lazily reduced for a dask cube). With
+    ``shift_center=True`` the patterns are first moved onto the mean origin (Fourier
+    shift, needs ``qx0``/``qy0`` coordinates), which keeps the disk edge sharp under beam
+    drift. Returns the Dataset of :func:`measure_disk` (centre in pixels of the mean
+    pattern, and in q units when calibrated).
+    """
+    from .virtual import virtual_diffraction
+
+    validate_cube(cube)
+    mean = virtual_diffraction(cube, "mean", shift_center=shift_center,
+                               subpixel=shift_center)
+    if isinstance(mean.data, da.Array):
+        mean = mean.compute()
+    out = measure_disk(mean, thresh_lower=thresh_lower, thresh_upper=thresh_upper, n=n)
+    out.attrs["source"] = "stem4d.probe.probe_size"
+    return out
+
+
+# ------------------------------------------------------------------ kernels
+def _wrapped_radius(shape: tuple[int, int]) -> np.ndarray:
+    """Distance (pixels) from the array corner [0, 0], with wrap-around."""
+    dx = np.abs(np.fft.fftfreq(shape[0]) * shape[0])
+    dy = np.abs(np.fft.fftfreq(shape[1]) * shape[1])
+    return np.hypot(dx[:, None], dy[None, :])
+
+
+def _shift_to_corner(values: np.ndarray, origin: tuple[float, float], bilinear: bool
+                     ) -> np.ndarray:
+    """Move pixel ``origin`` of ``values`` to ``[0, 0]`` (periodic)."""
+    if not bilinear:
+        return _kernels.fourier_shift_stack(values[None], -np.asarray([origin]),
+                                            workers=1)[0]
+    base = np.floor(origin).astype(int)
+    fx, fy = origin[0] - base[0], origin[1] - base[1]
+    out = np.zeros_like(values)
+    for ax, ay, w in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)),
+                      (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+        if w:
+            out += w * np.roll(values, (-(base[0] + ax), -(base[1] + ay)), axis=(0, 1))
+    return out
+
+
+def kernel(
+    probe: Any,
+    mode: str = "flat",
+    *,
+    origin: Sequence[float] | None = None,
+    sigma: float | None = None,
+    radii: Sequence[float] | None = None,
+    bilinear: bool = False,
+) -> xr.DataArray:
+    """Template-matching kernel from a probe, centred on the array corner ``[0, 0]``.
+
+    The probe is moved (periodically) so its centre ``origin`` lands on pixel ``[0, 0]``
+    and normalized to sum 1; then, by ``mode``:
+
+    * ``"flat"``: nothing more (sums to 1; best for structured probes);
+    * ``"gaussian"``: minus a Gaussian of standard deviation ``sigma`` pixels centred on
+      ``[0, 0]``, normalized to sum 1 (kernel sums to 0);
+    * ``"sigmoid"``: minus an annular trench, 0 inside ``radii[0]``, rising as
+      ``sin^2(pi/2 (r - r0) / (r1 - r0))`` to 1 at ``radii[1]`` and 1 beyond, normalized
+      to sum 1 (kernel sums to 0);
+    * ``"sigmoid_log"``: the same with a logistic rise (centre ``(r0 + r1) / 2``, scale
+      ``(r1 - r0) / 8``, rescaled to exactly 0 at ``r0`` and 1 at ``r1``).
+
+    Distances are measured from ``[0, 0]`` with wrap-around (the kernel is periodic,
+    as in an FFT correlation).
+
+    Parameters
+    ----------
+    probe
+        ``(qx, qy)`` DataArray or 2-D array (e.g. from :func:`vacuum_probe`).
+    mode
+        One of :data:`KERNEL_MODES`.
+    origin
+        Probe centre, detector pixels (fractional index). Default: measured with
+        :func:`measure_disk`.
+    sigma
+        Gaussian standard deviation, pixels (``mode="gaussian"`` only).
+    radii
+        ``(r0, r1)`` trench radii, pixels, ``0 <= r0 < r1`` (sigmoid modes only).
+    bilinear
+        Move the probe by bilinear interpolation instead of a Fourier shift (the Fourier
+        shift is exact for band-limited data but rings at hard edges; bilinear blurs).
+
+    Returns
+    -------
+    ``(qx, qy)`` DataArray on the probe's grid, carrying the probe's detector
+    coordinates (so it can be checked against a cube), with attrs ``kernel`` (mode),
+    ``origin`` (pixels), ``sigma``/``radii`` and ``centered_at = "corner"``.
+    """
+    if mode not in KERNEL_MODES:
+        raise ValueError(f"mode must be one of {KERNEL_MODES}, got {mode!r}")
+    values, coords = _as_image(probe, "probe")
+    if mode == "gaussian":
+        if sigma is None:
+            raise ValueError("mode='gaussian' needs sigma (pixels)")
+        if not (np.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"sigma must be positive (pixels), got {sigma!r}")
+    elif sigma is not None:
+        raise ValueError(f"sigma is only used by mode='gaussian', got mode={mode!r}")
+    if mode in ("sigmoid", "sigmoid_log"):
+        if radii is None:
+            raise ValueError(f"mode={mode!r} needs radii=(r0, r1) (pixels)")
+        r = np.asarray(radii, dtype=float)
+        if r.shape != (2,) or not np.all(np.isfinite(r)) or r[0] < 0 or not r[1] > r[0]:
+            raise ValueError(
+                f"radii must be (r0, r1) pixels with 0 <= r0 < r1, got {radii!r}"
+            )
+    elif radii is not None:
+        raise ValueError(f"radii is only used by the sigmoid modes, got mode={mode!r}")
+    out_dtype = _kernels.work_dtype(values.dtype)
+    work = values.astype(np.float64)
+    if origin is None:
+        disk = measure_disk(work)
+        org = (float(disk["qx0"]), float(disk["qy0"]))
+    else:
+        org = _center(origin, "origin")
+    shifted = _shift_to_corner(work, org, bool(bilinear))
+    total = shifted.sum()
+    if not total > 0:
+        raise ValueError(f"probe must have a positive sum to be normalized, got {total!r}")
+    out = shifted / total
+    attrs: dict[str, Any] = {"kernel": mode, "origin": [org[0], org[1]],
+                             "centered_at": "corner", "units": "",
+                             "source": "stem4d.probe.kernel"}
+    if mode != "flat":
+        rho = _wrapped_radius(work.shape)
+        if mode == "gaussian":
+            trench = np.exp(-(rho**2) / (2 * float(sigma) ** 2))
+            attrs["sigma"] = float(sigma)
+        else:
+            r0, r1 = float(radii[0]), float(radii[1])
+            x = np.clip((rho - r0) / (r1 - r0), 0, 1)
+            if mode == "sigmoid":
+                trench = np.sin(0.5 * np.pi * x) ** 2
+            else:
+                a, b = expit(-4.0), expit(4.0)
+                trench = (expit(8.0 * x - 4.0) - a) / (b - a)
+            attrs["radii"] = [r0, r1]
+        tsum = trench.sum()
+        if not tsum > 0:
+            raise ValueError(
+                f"the subtracted {mode} region is empty on a {work.shape} grid: "
+                f"check {'sigma' if mode == 'gaussian' else 'radii'}"
+            )
+        out = out - trench / tsum
+    return xr.DataArray(out.astype(out_dtype), dims=("qx", "qy"), coords=coords,
+                        name=f"kernel_{mode}", attrs=attrs)
