@@ -1,0 +1,715 @@
+"""Measure, fit and apply the origin (the unscattered beam) of every diffraction pattern.
+
+The origin of a pattern is the centre of its central (bright-field) disk, in **detector
+pixels**: a fractional ``(row, column)`` index of the detector, pixel ``(i, j)`` having
+its centre at ``(i, j)`` (``docs/conventions.md``). The steps are
+
+1. :func:`measure_origin` — per scan position, by centre of mass (``"com"``), by the
+   maximum of the smoothed pattern (``"max"``) or by cross-correlation with a probe
+   template (``"xcorr"``); returns a Dataset ``qx0``, ``qy0`` (and a quality figure) over
+   ``(rx, ry)``;
+2. :func:`fit_origin` — a smooth model of the measured origin over the scan (plane,
+   parabola or 2-D Bézier surface), with a mask and robust refitting;
+3. :func:`apply_origin` — the cube with that per-position origin set
+   (:func:`stem4d.set_origin`): ``qx = qy = 0`` becomes the mean origin and
+   ``virtual_image(..., shift_center=True)`` follows the beam.
+
+Measuring works on numpy and dask cubes (a dask cube gives a lazy result, computed
+chunk by chunk over the scan). Fitting and applying need the measured ``(rx, ry)`` maps,
+which are small: a lazy origin Dataset is computed there.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Sequence
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import scipy.fft
+import xarray as xr
+from scipy import ndimage
+
+from .datacube import SCAN_DIMS, set_origin, validate_cube
+from .datacube import origin as _origin_of
+
+__all__ = ["measure_origin", "fit_origin", "apply_origin"]
+
+_METHODS = ("com", "max", "xcorr")
+_MODELS = ("plane", "parabola", "bezier")
+_BATCH_BYTES = 16 * 2**20  # float32 patterns per batch of the kernels
+_QUALITY = {
+    "com": "fraction of the pattern's intensity inside the final centre-of-mass window",
+    "max": "maximum of the Gaussian-smoothed pattern (intensity units)",
+    "xcorr": "normalized cross-correlation at the peak, sum(P T) / (|P| |T|), in [-1, 1]",
+}
+
+
+# ============================================================ kernels (plain arrays)
+def _parabolic(fm: np.ndarray, f0: np.ndarray, fp: np.ndarray) -> np.ndarray:
+    """Vertex offset of the parabola through (-1, fm), (0, f0), (1, fp), clipped to ±0.5."""
+    denom = fm - 2.0 * f0 + fp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        delta = np.where(denom < 0, 0.5 * (fm - fp) / denom, 0.0)
+    return np.clip(np.nan_to_num(delta), -0.5, 0.5)
+
+
+def _moments(w: np.ndarray, ii: np.ndarray, jj: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Total, and centre of mass (rows, columns) of a stack of weights ``(N, nx, ny)``."""
+    total = w.sum(axis=(1, 2), dtype=np.float64)
+    mx = w.sum(axis=2, dtype=np.float64) @ ii
+    my = w.sum(axis=1, dtype=np.float64) @ jj
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return total, mx / total, my / total
+
+
+def _smooth_max(p: np.ndarray) -> np.ndarray:
+    """Maximum of each pattern smoothed by a 1-pixel Gaussian (robust to lone pixels)."""
+    return ndimage.gaussian_filter(p, (0, 1.0, 1.0), mode="nearest").max(axis=(1, 2))
+
+
+def _half_max_radius(p: np.ndarray, smooth_max: np.ndarray) -> np.ndarray:
+    """Radius (pixels) of the disk of equal area to the pixels above half the maximum."""
+    half = (p >= (0.5 * smooth_max).astype(p.dtype)[:, None, None]).sum(axis=(1, 2))
+    return np.sqrt(half / np.pi)
+
+
+def _com_kernel(p: np.ndarray, threshold: float, radius: float | None, iterations: int
+                ) -> np.ndarray:
+    """Centre of mass of the central disk of each pattern of ``p`` (N, nx, ny).
+
+    Returns ``(N, 3)``: origin row, column (pixels) and the fraction of intensity in
+    the final window.
+    """
+    n, nx, ny = p.shape
+    ii = np.arange(nx, dtype=np.float64)
+    jj = np.arange(ny, dtype=np.float64)
+    smooth_max = _smooth_max(p)
+    level = (threshold * smooth_max).astype(p.dtype)[:, None, None]
+    # 1. first estimate: centre of mass of the intensity above the threshold
+    _, cx, cy = _moments(np.clip(p - level, 0, None), ii, jj)
+    if radius is None:  # the window adds room for the blurred edge
+        rad = _half_max_radius(p, smooth_max) + 1.5
+    else:
+        rad = np.full(n, float(radius))
+    total_all = p.sum(axis=(1, 2), dtype=np.float64)
+    inside = np.full(n, np.nan)
+    todo = np.isfinite(cx) & np.isfinite(cy)
+    rad32 = rad.astype(np.float32)[:, None, None]
+    i32 = np.arange(nx, dtype=np.float32)[None, :, None]
+    j32 = np.arange(ny, dtype=np.float32)[None, None, :]
+
+    def window(idx: np.ndarray) -> np.ndarray:
+        dist = np.sqrt((i32 - cx[idx, None, None].astype(np.float32)) ** 2
+                       + (j32 - cy[idx, None, None].astype(np.float32)) ** 2)
+        return np.clip(rad32[idx] + 0.5 - dist, 0, 1)
+
+    # 2. centre of mass inside a soft-edged disk window around the estimate, iterated
+    for _ in range(iterations):
+        idx = np.flatnonzero(todo)
+        if idx.size == 0:
+            break
+        tot, nx_, ny_ = _moments(p[idx] * window(idx), ii, jj)
+        ok = np.isfinite(nx_) & np.isfinite(ny_) & (tot > 0)
+        moved = np.hypot(nx_ - cx[idx], ny_ - cy[idx])
+        cx[idx] = np.where(ok, nx_, np.nan)
+        cy[idx] = np.where(ok, ny_, np.nan)
+        inside[idx] = tot
+        todo[idx] = ok & (moved > 1e-4)
+    idx = np.flatnonzero(np.isnan(inside) & np.isfinite(cx) & np.isfinite(cy))
+    if idx.size:  # no refinement: the window around the first estimate gives the quality
+        inside[idx] = (p[idx] * window(idx)).sum(axis=(1, 2), dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        quality = inside / total_all
+    return np.stack([cx, cy, quality], axis=-1)
+
+
+def _max_kernel(p: np.ndarray, sigma: float | None, subpixel: bool) -> np.ndarray:
+    """Argmax of each Gaussian-smoothed pattern, parabolic refinement; ``(N, 3)``.
+
+    ``sigma=None``: per pattern, half the half-maximum disk radius rounded to whole
+    pixels (patterns sharing a value are filtered together).
+    """
+    n, nx, ny = p.shape
+    if sigma is None:
+        sigmas = np.round(_half_max_radius(p, _smooth_max(p))) / 2.0
+        s = np.empty_like(p)
+        for value in np.unique(sigmas):
+            sel = np.flatnonzero(sigmas == value)
+            s[sel] = (ndimage.gaussian_filter(p[sel], (0, value, value), mode="nearest")
+                      if value > 0 else p[sel])
+    elif sigma > 0:
+        s = ndimage.gaussian_filter(p, (0, sigma, sigma), mode="nearest")
+    else:
+        s = p
+    flat = s.reshape(n, -1).argmax(axis=1)
+    ix, iy = np.divmod(flat, ny)
+    rows = np.arange(n)
+    peak = s[rows, ix, iy].astype(np.float64)
+    cx, cy = ix.astype(np.float64), iy.astype(np.float64)
+    if subpixel:
+        xm, xp = np.clip(ix - 1, 0, nx - 1), np.clip(ix + 1, 0, nx - 1)
+        ym, yp = np.clip(iy - 1, 0, ny - 1), np.clip(iy + 1, 0, ny - 1)
+        inx = (ix > 0) & (ix < nx - 1)
+        iny = (iy > 0) & (iy < ny - 1)
+        cx += np.where(inx, _parabolic(s[rows, xm, iy], s[rows, ix, iy], s[rows, xp, iy]), 0)
+        cy += np.where(iny, _parabolic(s[rows, ix, ym], s[rows, ix, iy], s[rows, ix, yp]), 0)
+    return np.stack([cx, cy, peak], axis=-1)
+
+
+def _xcorr_kernel(p: np.ndarray, t_spec: np.ndarray, t_norm: float, ref: np.ndarray,
+                  subpixel: bool, upsample: int, workers: int) -> np.ndarray:
+    """Cross-correlation peak of each pattern with the template; ``(N, 3)``.
+
+    ``t_spec`` is the conjugated real FFT of the template, ``ref`` the template's
+    reference pixel; the origin is ``ref + shift`` of the correlation peak (modulo the
+    detector, into ``[-0.5, n - 0.5)``).
+    """
+    n, nx, ny = p.shape
+    spec = scipy.fft.rfft2(p, workers=workers)
+    spec *= t_spec
+    cc = scipy.fft.irfft2(spec, s=(nx, ny), workers=workers)
+    flat = cc.reshape(n, -1).argmax(axis=1)
+    ix, iy = np.divmod(flat, ny)
+    rows = np.arange(n)
+    sx, sy = ix.astype(np.float64), iy.astype(np.float64)
+    peak = cc[rows, ix, iy].astype(np.float64)
+    if subpixel and upsample <= 1:
+        sx += _parabolic(cc[rows, (ix - 1) % nx, iy], cc[rows, ix, iy], cc[rows, (ix + 1) % nx, iy])
+        sy += _parabolic(cc[rows, ix, (iy - 1) % ny], cc[rows, ix, iy], cc[rows, ix, (iy + 1) % ny])
+    elif subpixel:
+        sx, sy, peak = _upsampled_peak(spec, sx, sy, nx, ny, upsample)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        norm = np.sqrt(np.einsum("nij,nij->n", p, p, dtype=np.float64)) * t_norm
+        quality = peak / norm
+    ox = np.mod(ref[0] + sx + 0.5, nx) - 0.5
+    oy = np.mod(ref[1] + sy + 0.5, ny) - 0.5
+    return np.stack([ox, oy, quality], axis=-1)
+
+
+def _upsampled_peak(spec: np.ndarray, sx: np.ndarray, sy: np.ndarray, nx: int, ny: int,
+                    upsample: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Refine correlation peaks by a matrix DFT on a grid ``1/upsample`` pixel fine.
+
+    The correlation is evaluated from its half spectrum ``spec`` at ``s + o`` for
+    offsets ``o`` within ±1 pixel of the integer peak ``s``; the finest-grid maximum is
+    then refined by a parabola.
+    """
+    n = spec.shape[0]
+    offs = np.arange(-upsample, upsample + 1) / upsample  # (m,)
+    kx = np.fft.fftfreq(nx)  # cycles / pixel
+    ky = np.fft.rfftfreq(ny)
+    cy_w = np.full(ky.size, 2.0)
+    cy_w[0] = 1.0
+    if ny % 2 == 0:
+        cy_w[-1] = 1.0
+    ctype = np.complex128 if spec.dtype == np.complex128 else np.complex64
+    ex = np.exp(2j * np.pi * (sx[:, None, None] + offs[None, :, None]) * kx).astype(ctype)
+    ey = (np.exp(2j * np.pi * ky[None, :, None] * (sy[:, None, None] + offs[None, None, :]))
+          * cy_w[None, :, None]).astype(ctype)
+    fine = np.matmul(np.matmul(ex, spec), ey).real / (nx * ny)  # (n, m, m)
+    m = offs.size
+    flat = fine.reshape(n, -1).argmax(axis=1)
+    a, b = np.divmod(flat, m)
+    rows = np.arange(n)
+    peak = fine[rows, a, b].astype(np.float64)
+    am, ap = np.clip(a - 1, 0, m - 1), np.clip(a + 1, 0, m - 1)
+    bm, bp = np.clip(b - 1, 0, m - 1), np.clip(b + 1, 0, m - 1)
+    da_ = np.where((a > 0) & (a < m - 1), _parabolic(fine[rows, am, b], peak, fine[rows, ap, b]), 0)
+    db_ = np.where((b > 0) & (b < m - 1), _parabolic(fine[rows, a, bm], peak, fine[rows, a, bp]), 0)
+    return sx + offs[a] + da_ / upsample, sy + offs[b] + db_ / upsample, peak
+
+
+def _origin_block(block: np.ndarray, weights: np.ndarray | None, method: str,
+                  params: dict[str, Any]) -> np.ndarray:
+    """Origins of a scan block ``(a, b, nx, ny)`` -> ``(a, b, 3)`` (row, column, quality)."""
+    a, b, nx, ny = block.shape
+    stack = block.reshape(a * b, nx, ny)
+    batch = max(1, _BATCH_BYTES // (4 * nx * ny))
+    out = np.empty((a * b, 3), dtype=np.float64)
+    for start in range(0, a * b, batch):
+        p = stack[start:start + batch].astype(np.float32)  # a copy: free to modify
+        bad = ~np.isfinite(p)
+        if bad.any():
+            p[bad] = 0
+        if weights is not None:
+            p *= weights
+        if method == "com":
+            res = _com_kernel(p, params["threshold"], params["radius"], params["iterations"])
+        elif method == "max":
+            res = _max_kernel(p, params["sigma"], params["subpixel"])
+        else:
+            res = _xcorr_kernel(p, params["t_spec"], params["t_norm"], params["ref"],
+                                params["subpixel"], params["upsample"], params["workers"])
+        empty = ~(np.abs(p).sum(axis=(1, 2)) > 0)
+        res[empty, :2] = np.nan
+        out[start:start + batch] = res
+    return out.reshape(a, b, 3)
+
+
+# ============================================================ measure_origin
+def _detector_weights(cube: xr.DataArray, mask: Any) -> np.ndarray | None:
+    if mask is None:
+        return None
+    shape = (cube.sizes["qx"], cube.sizes["qy"])
+    if isinstance(mask, xr.DataArray):
+        if tuple(mask.dims) != ("qx", "qy"):
+            raise ValueError(
+                f"mask must be a detector mask with dims ('qx', 'qy'), got {tuple(mask.dims)}; "
+                "to leave scan positions out of a fit use fit_origin(..., mask=...)"
+            )
+        mask = mask.values
+    values = np.asarray(mask)
+    if values.shape != shape:
+        raise ValueError(f"mask must have the detector shape (qx, qy) = {shape}, got "
+                         f"{values.shape}")
+    if values.dtype != bool and not np.issubdtype(values.dtype, np.number):
+        raise TypeError(f"mask must be bool or numeric weights, got dtype {values.dtype}")
+    values = values.astype(np.float32)
+    if not np.all(np.isfinite(values)):
+        raise ValueError("mask contains NaN or inf weights")
+    if not np.any(values):
+        raise ValueError("mask selects no detector pixel: nothing to measure")
+    return values
+
+
+def _template_setup(cube: xr.DataArray, template: Any) -> dict[str, Any]:
+    shape = (cube.sizes["qx"], cube.sizes["qy"])
+    if template is None:
+        raise ValueError(
+            "method='xcorr' needs a template: a (qx, qy) DataArray of the probe, e.g. "
+            "stem4d.simulate.probe_disk(detector_shape, radius) or a vacuum probe image"
+        )
+    if isinstance(template, xr.DataArray):
+        if tuple(template.dims) != ("qx", "qy"):
+            raise ValueError(f"template must have dims ('qx', 'qy'), got {tuple(template.dims)}")
+        values = np.asarray(template.values, dtype=np.float64)
+    elif isinstance(template, np.ndarray):
+        values = np.asarray(template, dtype=np.float64)
+    else:
+        raise TypeError(f"template must be a (qx, qy) DataArray or numpy array, got "
+                        f"{type(template).__name__}")
+    if values.shape != shape:
+        raise ValueError(
+            f"template must have the detector shape (qx, qy) = {shape}, got {values.shape}"
+        )
+    if not np.all(np.isfinite(values)):
+        raise ValueError("template contains NaN or inf")
+    if not np.any(values):
+        raise ValueError("template is all zero: nothing to correlate with")
+    # reference point: the periodic centre of mass of |template| (exact for a symmetric
+    # probe or kernel, wherever it sits, including centred on the array corner)
+    weights = np.abs(values)
+    ref_arr = np.empty(2)
+    for axis, n in enumerate(shape):
+        marginal = weights.sum(axis=1 - axis)
+        z = marginal @ np.exp(2j * np.pi * np.arange(n) / n)
+        if not abs(z) > 1e-9 * marginal.sum():
+            raise ValueError(
+                "template has no well-defined centre (its weight is spread evenly along "
+                f"{('qx', 'qy')[axis]}): give an image of the probe disk"
+            )
+        ref_arr[axis] = np.angle(z) * n / (2 * np.pi)
+    t32 = values.astype(np.float32)
+    return {"t_spec": np.conj(scipy.fft.rfft2(t32)), "t_norm": float(np.sqrt((values**2).sum())),
+            "ref": ref_arr}
+
+
+def measure_origin(
+    cube: xr.DataArray,
+    method: str = "com",
+    *,
+    template: xr.DataArray | np.ndarray | None = None,
+    mask: Any = None,
+    radius: float | None = None,
+    threshold: float = 0.5,
+    iterations: int = 10,
+    sigma: float | None = None,
+    subpixel: bool = True,
+    upsample: int = 16,
+    workers: int = -1,
+) -> xr.Dataset:
+    """Origin (centre of the unscattered beam) of every pattern, in detector pixels.
+
+    Parameters
+    ----------
+    cube
+        Datacube ``(rx, ry, qx, qy)``, numpy- or dask-backed.
+    method
+        * ``"com"``: centre of mass of the central disk, in two steps. (1) A first
+          estimate is the centre of mass of ``max(I - threshold * M, 0)``, ``M`` the
+          maximum of the pattern smoothed by a 1-pixel Gaussian (so the central disk,
+          brighter than the Bragg disks, dominates). (2) The centre of mass of the
+          intensity inside a disk window of ``radius`` pixels (soft, one pixel wide
+          edge) around the estimate, repeated up to ``iterations`` times until it moves
+          by less than 1e-4 pixel. Accurate for a disk among Bragg disks as long as the
+          window holds the whole central disk and little of its neighbours.
+        * ``"max"``: argmax of the pattern smoothed by a Gaussian of ``sigma`` pixels,
+          refined by a parabola through the neighbouring pixels (``subpixel``). Fast;
+          on noisy flat-topped disks it needs ``sigma`` of about half the disk radius
+          (the default), and is then good to ~0.1 pixel.
+        * ``"xcorr"``: peak of the cross-correlation of each pattern with ``template``
+          (computed by real FFTs, many patterns per call), refined by a matrix DFT on a
+          grid ``1/upsample`` pixel fine and a final parabola (``upsample=1``: parabola
+          on the integer correlation). The correlation is periodic at the detector edge.
+    template
+        ``"xcorr"`` only: probe image ``(qx, qy)`` with the detector's shape, e.g.
+        :func:`stem4d.simulate.probe_disk`, a vacuum probe or a correlation kernel from
+        :mod:`stem4d.probe`. Its reference point is the periodic centre of mass of its
+        absolute value (per axis, the phase of the first Fourier coefficient), so a
+        probe anywhere on the array, or a kernel centred on the array corner, works;
+        its coordinates are not used.
+    mask
+        Detector mask ``(qx, qy)`` (bool, or float weights) multiplied into every pattern
+        first, e.g. to hide a beamstop or hot pixels. Non-finite pixels are always
+        ignored.
+    radius
+        ``"com"``: window radius, pixels. Default: per pattern, the radius of the disk
+        of equal area to the pixels above half the smoothed maximum, plus 1.5 pixels.
+    threshold
+        ``"com"``: fraction of the smoothed maximum subtracted for the first estimate.
+    iterations
+        ``"com"``: maximum number of window refinements (0: threshold step only).
+    sigma
+        ``"max"``: Gaussian smoothing, pixels. Default: per pattern, half the radius of
+        the disk of equal area to the pixels above half the maximum, rounded to 0.5.
+    subpixel
+        ``"max"``/``"xcorr"``: refine the integer peak.
+    upsample
+        ``"xcorr"``: DFT upsampling factor of the peak refinement (integer >= 1).
+    workers
+        Threads of each FFT call (``scipy.fft`` ``workers``; -1: all cores).
+
+    Returns
+    -------
+    Dataset over ``(rx, ry)`` (the cube's scan coordinates) with ``qx0``, ``qy0``: the
+    origin, fractional detector row and column index (``units`` ``"pixels"``; NaN for an
+    empty pattern), and ``quality``: ``"com"`` the fraction of the intensity inside the
+    final window, ``"max"`` the smoothed peak value, ``"xcorr"`` the normalized
+    cross-correlation peak. Lazy (dask) for a dask cube. Use :func:`fit_origin` to
+    smooth it and :func:`apply_origin` to put it on the cube.
+    """
+    validate_cube(cube)
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    if template is not None and method != "xcorr":
+        raise ValueError(f"template is used by method='xcorr' only, got method={method!r}")
+    if radius is not None and not (np.isfinite(radius) and radius > 0):
+        raise ValueError(f"radius must be a positive number of pixels or None, got {radius!r}")
+    if not (np.isfinite(threshold) and 0 <= threshold < 1):
+        raise ValueError(f"threshold must be a fraction of the maximum in [0, 1), got "
+                         f"{threshold!r}")
+    if int(iterations) != iterations or iterations < 0:
+        raise ValueError(f"iterations must be a non-negative integer, got {iterations!r}")
+    if sigma is not None and not (np.isfinite(sigma) and sigma >= 0):
+        raise ValueError(f"sigma must be >= 0 (pixels), got {sigma!r}")
+    if int(upsample) != upsample or upsample < 1:
+        raise ValueError(f"upsample must be an integer >= 1, got {upsample!r}")
+    if not np.issubdtype(cube.dtype, np.number) and cube.dtype != bool:
+        raise TypeError(f"cube must hold numbers, got dtype {cube.dtype}")
+    weights = _detector_weights(cube, mask)
+    params: dict[str, Any] = {"threshold": float(threshold), "radius": radius,
+                              "iterations": int(iterations), "subpixel": bool(subpixel),
+                              "sigma": None if sigma is None else float(sigma),
+                              "upsample": int(upsample), "workers": int(workers)}
+    if method == "xcorr":
+        params.update(_template_setup(cube, template))
+    data = cube.data
+    if isinstance(data, da.Array):
+        if len(data.chunks[2]) > 1 or len(data.chunks[3]) > 1:
+            data = data.rechunk({2: -1, 3: -1})
+        out = data.map_blocks(_origin_block, weights, method, params,
+                              chunks=data.chunks[:2] + ((3,),), drop_axis=3,
+                              dtype=np.float64, meta=np.array((), np.float64))
+    else:
+        from .datacube import _reject_all_nan
+
+        _reject_all_nan(np.asarray(data), "cube")
+        out = _origin_block(np.asarray(data), weights, method, params)
+    coords = {k: v.variable for k, v in cube.coords.items()
+              if k not in ("qx0", "qy0") and (v.ndim == 0 or set(v.dims) <= set(SCAN_DIMS))}
+    px = {"units": "pixels"}
+    ds = xr.Dataset(
+        {
+            "qx0": (SCAN_DIMS, out[..., 0],
+                    {**px, "long_name": "origin, detector row (fractional pixel index)"}),
+            "qy0": (SCAN_DIMS, out[..., 1],
+                    {**px, "long_name": "origin, detector column (fractional pixel index)"}),
+            "quality": (SCAN_DIMS, out[..., 2], {"long_name": _QUALITY[method]}),
+        },
+        coords=coords,
+        attrs={"method": method, "detector_shape": [cube.sizes["qx"], cube.sizes["qy"]],
+               "convention": "detector pixels: pixel (i, j) has its centre at (i, j)"},
+    )
+    return ds
+
+
+# ============================================================ fit_origin
+def _bernstein(order: int, u: np.ndarray) -> np.ndarray:
+    """Bernstein polynomials ``B_k^order(u)``, ``k = 0..order``, shape ``(u.size, order+1)``."""
+    from scipy.special import comb
+
+    k = np.arange(order + 1)
+    return comb(order, k)[None, :] * u[:, None] ** k * (1 - u[:, None]) ** (order - k)
+
+
+def _design(model: str, i: np.ndarray, j: np.ndarray, shape: tuple[int, int],
+            order: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
+    """Design matrix of ``model`` at scan indices ``i``, ``j``, and its term names."""
+    if model == "plane":
+        return np.stack([np.ones_like(i), i, j], axis=1), ["1", "i", "j"]
+    if model == "parabola":
+        return (np.stack([np.ones_like(i), i, j, i * i, i * j, j * j], axis=1),
+                ["1", "i", "j", "i^2", "i*j", "j^2"])
+    u = i / max(shape[0] - 1, 1)
+    v = j / max(shape[1] - 1, 1)
+    bu, bv = _bernstein(order[0], u), _bernstein(order[1], v)
+    mat = (bu[:, :, None] * bv[:, None, :]).reshape(i.size, -1)
+    names = [f"B{p},{q}" for p in range(order[0] + 1) for q in range(order[1] + 1)]
+    return mat, names
+
+
+def _lstsq(mat: np.ndarray, rhs: np.ndarray, model: str) -> np.ndarray:
+    scale = np.linalg.norm(mat, axis=0)
+    scale[scale == 0] = 1.0
+    coef, _, rank, _ = np.linalg.lstsq(mat / scale, rhs, rcond=None)
+    if rank < mat.shape[1]:
+        raise ValueError(
+            f"the positions used do not determine the {model} model (rank {rank} < "
+            f"{mat.shape[1]} terms): they lie on a line or too few rows/columns are used; "
+            "use more positions or a simpler model"
+        )
+    return coef / scale[:, None]
+
+
+def _scan_values(obj: Any, name: str, shape: tuple[int, int] | None) -> np.ndarray:
+    values = np.asarray(obj.values if isinstance(obj, xr.DataArray) else obj)
+    if shape is not None and values.shape != shape:
+        raise ValueError(f"{name} must have the scan shape (rx, ry) = {shape}, got "
+                         f"{values.shape}")
+    return values
+
+
+def fit_origin(
+    origin_ds: xr.Dataset,
+    model: str = "plane",
+    *,
+    mask: Any = None,
+    robust: bool = False,
+    robust_steps: int = 3,
+    robust_k: float = 2.0,
+    bezier_order: int | Sequence[int] = 2,
+) -> xr.Dataset:
+    """Fit a smooth model to the measured origin over the scan.
+
+    Parameters
+    ----------
+    origin_ds
+        Dataset with ``qx0``, ``qy0`` over ``(rx, ry)``, pixels (from
+        :func:`measure_origin`). A lazy Dataset is computed (it is 2-D). Non-finite
+        values are left out of the fit.
+    model
+        With ``i``, ``j`` the scan row and column index:
+
+        * ``"plane"``: ``a + b i + c j``;
+        * ``"parabola"``: ``a + b i + c j + d i² + e i j + f j²``;
+        * ``"bezier"``: tensor-product Bézier surface
+          ``Σ c_pq B_p(u) B_q(v)`` of Bernstein polynomials of order ``bezier_order``,
+          ``u = i / (nrx - 1)``, ``v = j / (nry - 1)``.
+    mask
+        Bool ``(rx, ry)``: **True** marks the positions used in the fit (e.g. a vacuum
+        or thin region); the fit is evaluated everywhere.
+    robust
+        Refit ``robust_steps`` times, each time using only the positions (of ``mask``)
+        whose residuals in ``qx0`` and ``qy0`` are both within ``robust_k`` times the RMS
+        residual of the positions used in the previous fit.
+    robust_steps, robust_k
+        Number of refits; outlier threshold in standard deviations.
+    bezier_order
+        Order of the Bézier surface along ``rx`` and ``ry`` (one integer or a pair).
+
+    Returns
+    -------
+    Dataset over ``(rx, ry)``: ``qx0``, ``qy0`` the fitted origin (pixels, ready for
+    :func:`apply_origin`); ``qx0_measured``, ``qy0_measured`` the input;
+    ``qx0_residual``, ``qy0_residual`` measured − fitted; ``used`` (bool) the positions
+    of the final fit; ``qx0_coefficients``, ``qy0_coefficients`` over ``term`` (the
+    model's terms in ``i``, ``j`` for plane/parabola, Bézier control values ``Bp,q``);
+    ``qx0_rms``, ``qy0_rms`` the RMS residual over the used positions (pixels).
+
+    Raises
+    ------
+    ValueError
+        For fewer usable positions than the model has terms, or positions that do not
+        determine it.
+    """
+    if not isinstance(origin_ds, xr.Dataset):
+        raise TypeError(f"origin_ds must be an xarray.Dataset with qx0, qy0 (rx, ry) from "
+                        f"measure_origin, got {type(origin_ds).__name__}")
+    for name in ("qx0", "qy0"):
+        if name not in origin_ds.data_vars and name not in origin_ds.coords:
+            raise ValueError(f"origin_ds has no {name!r} variable: expected the Dataset "
+                             "returned by measure_origin")
+        if tuple(origin_ds[name].dims) != SCAN_DIMS:
+            raise ValueError(f"origin_ds[{name!r}] must have dims {SCAN_DIMS}, got "
+                             f"{tuple(origin_ds[name].dims)}")
+        units = origin_ds[name].attrs.get("units", "pixels")
+        if units != "pixels":
+            raise ValueError(f"origin_ds[{name!r}] must be in pixels, got units {units!r}")
+    if model not in _MODELS:
+        raise ValueError(f"model must be one of {_MODELS}, got {model!r}")
+    if int(robust_steps) != robust_steps or robust_steps < 0:
+        raise ValueError(f"robust_steps must be a non-negative integer, got {robust_steps!r}")
+    if not (np.isfinite(robust_k) and robust_k > 0):
+        raise ValueError(f"robust_k must be a positive number of standard deviations, got "
+                         f"{robust_k!r}")
+    order_arr = np.broadcast_to(np.asarray(bezier_order), (2,))
+    if (order_arr.dtype.kind not in "iu" and not np.all(order_arr == np.round(order_arr))) \
+            or np.any(order_arr < 1) or np.size(bezier_order) not in (1, 2):
+        raise ValueError(f"bezier_order must be an integer >= 1 or a pair of them, got "
+                         f"{bezier_order!r}")
+    order = (int(order_arr[0]), int(order_arr[1]))
+
+    qx0 = np.asarray(origin_ds["qx0"].values, dtype=np.float64)
+    qy0 = np.asarray(origin_ds["qy0"].values, dtype=np.float64)
+    shape = qx0.shape
+    base = np.isfinite(qx0) & np.isfinite(qy0)
+    if mask is not None:
+        mvals = _scan_values(mask, "mask", shape)
+        if mvals.dtype != bool:
+            raise TypeError(f"mask must be bool (True = use the position), got dtype "
+                            f"{mvals.dtype}")
+        base &= mvals
+    ii, jj = np.meshgrid(np.arange(shape[0], dtype=float), np.arange(shape[1], dtype=float),
+                         indexing="ij")
+    i_all, j_all = ii.ravel(), jj.ravel()
+    full, names = _design(model, i_all, j_all, shape, order)
+    nterms = full.shape[1]
+    rhs_all = np.stack([qx0.ravel(), qy0.ravel()], axis=1)
+
+    def check_count(sel: np.ndarray, when: str) -> None:
+        count = int(sel.sum())
+        if count < nterms:
+            raise ValueError(
+                f"too few positions for the {model} fit{when}: {count} usable (finite, in "
+                f"mask), the model has {nterms} terms"
+            )
+
+    check_count(base, "")
+    used = base.ravel().copy()
+    coef = _lstsq(full[used], rhs_all[used], model)
+    steps = int(robust_steps) if robust else 0
+    for _ in range(steps):
+        res = rhs_all - full @ coef
+        rms = np.sqrt(np.mean(res[used] ** 2, axis=0))
+        limit = np.maximum(robust_k * rms, 1e-9)
+        new = base.ravel() & np.all(np.abs(np.nan_to_num(res, nan=np.inf)) <= limit, axis=1)
+        check_count(new, f" after dropping outliers beyond {robust_k} standard deviations")
+        if np.array_equal(new, used):
+            break
+        used = new
+        coef = _lstsq(full[used], rhs_all[used], model)
+    fitted = (full @ coef).reshape(shape + (2,))
+    residual = np.stack([qx0, qy0], axis=-1) - fitted
+    used2 = used.reshape(shape)
+    rms = np.sqrt(np.mean(residual[used2] ** 2, axis=0))
+
+    px = {"units": "pixels"}
+    coords = {k: v.variable for k, v in origin_ds.coords.items()
+              if k not in ("qx0", "qy0") and (v.ndim == 0 or set(v.dims) <= set(SCAN_DIMS))}
+    coords["term"] = ("term", names)
+    basis = ("i, j: scan row and column index" if model != "bezier" else
+             f"Bernstein polynomials of order {order} in u = i/(nrx-1), v = j/(nry-1)")
+    return xr.Dataset(
+        {
+            "qx0": (SCAN_DIMS, fitted[..., 0], {**px, "long_name": f"fitted origin row ({model})"}),
+            "qy0": (SCAN_DIMS, fitted[..., 1],
+                    {**px, "long_name": f"fitted origin column ({model})"}),
+            "qx0_measured": (SCAN_DIMS, qx0, {**px, "long_name": "measured origin row"}),
+            "qy0_measured": (SCAN_DIMS, qy0, {**px, "long_name": "measured origin column"}),
+            "qx0_residual": (SCAN_DIMS, residual[..., 0],
+                             {**px, "long_name": "measured - fitted origin row"}),
+            "qy0_residual": (SCAN_DIMS, residual[..., 1],
+                             {**px, "long_name": "measured - fitted origin column"}),
+            "used": (SCAN_DIMS, used2, {"long_name": "positions used in the final fit"}),
+            "qx0_coefficients": (("term",), coef[:, 0], {**px, "basis": basis}),
+            "qy0_coefficients": (("term",), coef[:, 1], {**px, "basis": basis}),
+            "qx0_rms": ((), float(rms[0]), {**px, "long_name": "RMS residual (used positions)"}),
+            "qy0_rms": ((), float(rms[1]), {**px, "long_name": "RMS residual (used positions)"}),
+        },
+        coords=coords,
+        attrs={"model": model, "robust": int(bool(robust)), "robust_steps": steps,
+               "robust_k": float(robust_k),
+               **({"bezier_order": list(order)} if model == "bezier" else {}),
+               "n_used": int(used.sum())},
+    )
+
+
+# ============================================================ apply_origin
+def apply_origin(cube: xr.DataArray, origin: xr.Dataset | Sequence[Any]) -> xr.DataArray:
+    """Return ``cube`` with a per-position origin (see :func:`stem4d.set_origin`).
+
+    Parameters
+    ----------
+    cube
+        Datacube ``(rx, ry, qx, qy)`` (numpy or dask; the data are not touched).
+    origin
+        A Dataset with ``qx0``, ``qy0`` in pixels (from :func:`measure_origin` or, better
+        smoothed, :func:`fit_origin`), or a pair ``(qx0, qy0)`` of ``(rx, ry)`` arrays or
+        numbers, detector pixels (fractional row and column index). A lazy origin is
+        computed (it is 2-D).
+
+    Returns
+    -------
+    The cube with ``qx``/``qy`` re-centred on the mean origin and the 2-D ``qx0``/``qy0``
+    coordinates (q units, offsets from the mean), so that
+    ``virtual_image(..., shift_center=True)`` follows the beam.
+    """
+    validate_cube(cube)
+    if isinstance(origin, xr.Dataset):
+        for name in ("qx0", "qy0"):
+            if name not in origin:
+                raise ValueError(f"origin has no {name!r} variable: expected the Dataset of "
+                                 "measure_origin or fit_origin")
+            units = origin[name].attrs.get("units", "pixels")
+            if units != "pixels":
+                raise ValueError(f"origin[{name!r}] must be in pixels, got units {units!r}")
+        qx0, qy0 = origin["qx0"], origin["qy0"]
+    elif isinstance(origin, (tuple, list)) and len(origin) == 2:
+        qx0, qy0 = origin
+    else:
+        raise TypeError("origin must be a Dataset with qx0/qy0 (pixels) or a pair "
+                        f"(qx0, qy0) of arrays, got {type(origin).__name__}")
+    scan_shape = (cube.sizes["rx"], cube.sizes["ry"])
+    values = []
+    for name, v in (("qx0", qx0), ("qy0", qy0)):
+        if isinstance(v, xr.DataArray):
+            if v.ndim and tuple(v.dims) != SCAN_DIMS:
+                raise ValueError(f"{name} must have dims {SCAN_DIMS}, got {tuple(v.dims)}")
+            v = v.values
+        arr = np.asarray(v, dtype=float)
+        if arr.ndim and arr.shape != scan_shape:
+            raise ValueError(f"{name} must have the scan shape (rx, ry) = {scan_shape}, got "
+                             f"{arr.shape}")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(
+                f"{name} has {int((~np.isfinite(arr)).sum())} NaN/inf value(s): fit the "
+                "measured origin with fit_origin (it fills every position) before applying it"
+            )
+        values.append(arr)
+    return set_origin(cube, values[0], values[1])
+
+
+# ============================================================ name clash guard
+class _CallableModule(types.ModuleType):
+    """Importing the submodule ``stem4d.origin`` rebinds the package attribute
+    ``stem4d.origin`` (the function :func:`stem4d.datacube.origin`) to this module; calling
+    the module forwards to that function, so ``stem4d.origin(cube)`` keeps working."""
+
+    def __call__(self, obj: xr.DataArray | xr.Dataset) -> tuple[Any, Any]:
+        return _origin_of(obj)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,426 @@
+"""Origin: measure (com, max, xcorr), fit (plane, parabola, Bézier, robust) and apply,
+against the known origin of the crystal simulator."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+
+import stem4d as s4
+from stem4d import simulate as sim
+from stem4d.origin import apply_origin, fit_origin, measure_origin
+
+DRIFT = (0.11, 0.05, -0.07, 0.13)  # pixels per scan step
+DET = (64, 64)
+
+
+def _rms(ds: xr.Dataset, truth: xr.Dataset) -> float:
+    ex = np.asarray(ds["qx0"].values) - truth["qx0"].values
+    ey = np.asarray(ds["qy0"].values) - truth["qy0"].values
+    return float(np.sqrt(np.mean(ex**2 + ey**2) / 2))
+
+
+@pytest.fixture(scope="module")
+def clean() -> tuple[xr.DataArray, xr.Dataset]:
+    cube, truth = sim.crystal((16, 16), DET, origin=(31.3, 32.6), origin_drift=DRIFT, seed=1)
+    return cube.drop_vars(["qx0", "qy0"]), truth
+
+
+@pytest.fixture(scope="module")
+def noisy() -> tuple[xr.DataArray, xr.Dataset]:
+    cube, truth = sim.crystal((16, 16), DET, origin=(31.3, 32.6), origin_drift=DRIFT,
+                              dose=50, seed=3)
+    return cube.drop_vars(["qx0", "qy0"]), truth
+
+
+@pytest.fixture(scope="module")
+def template() -> xr.DataArray:
+    return sim.probe_disk(DET, 4.0, edge_width=0.5)
+
+
+# ----------------------------------------------------------------- measure_origin
+@pytest.mark.parametrize(("method", "tol"), [("com", 0.01), ("xcorr", 0.01), ("max", 0.05)])
+def test_measure_origin_noise_free_accuracy(clean, template, method, tol):
+    cube, truth = clean
+    kw = {"template": template} if method == "xcorr" else {}
+    ds = measure_origin(cube, method, **kw)
+    # issue target: < 0.05 px RMS; measured 0.002 (com, xcorr) and 0.005 (max)
+    assert _rms(ds, truth) < tol
+    assert ds["qx0"].dims == ("rx", "ry") and ds["qx0"].attrs["units"] == "pixels"
+    assert ds.attrs["method"] == method
+    np.testing.assert_array_equal(ds.rx.values, cube.rx.values)
+    assert ds.rx.attrs["units"] == "Å" and "beam_energy" in ds.coords
+    assert np.all(np.isfinite(ds["quality"].values))
+
+
+def test_measure_origin_com_with_given_radius_and_no_refinement(clean):
+    cube, truth = clean
+    assert _rms(measure_origin(cube, "com", radius=5.5), truth) < 0.01
+    # the threshold step alone is cruder but close
+    coarse = measure_origin(cube, "com", iterations=0)
+    assert 0.005 < _rms(coarse, truth) < 0.05
+    assert np.all((coarse["quality"] > 0.05) & (coarse["quality"] < 1))
+
+
+def test_measure_origin_at_dose_50(noisy, template):
+    cube, truth = noisy
+    # Poisson limit for ~2500 counts in a radius-4 disk: (4 / 2) / sqrt(2500) = 0.04 px
+    com = _rms(measure_origin(cube, "com"), truth)
+    xc = _rms(measure_origin(cube, "xcorr", template=template), truth)
+    assert com < 0.07 and xc < 0.07  # measured 0.046 (com) and 0.040 (xcorr)
+
+
+def test_max_smoothing_follows_the_disk_size():
+    cube, truth = sim.crystal((8, 8), (96, 96), g1=(18, 4), g2=(-6, 20), disk_radius=8,
+                              origin_drift=DRIFT, dose=50, seed=6)
+    # default sigma: half the half-maximum radius (4 px here); a fixed 1.5 px wanders
+    # over the flat top of the noisy disk
+    assert _rms(measure_origin(cube, "max"), truth) < 0.2  # measured 0.09
+    assert _rms(measure_origin(cube, "max", sigma=1.5), truth) > 0.5
+    assert _rms(measure_origin(cube, "com"), truth) < 0.06
+
+
+def test_measure_origin_on_calibrated_cube_is_in_pixels(template):
+    cube, truth = sim.crystal((6, 5), DET, origin_drift=DRIFT, q_pixel_size=0.02, seed=2)
+    ds = measure_origin(cube, "xcorr", template=template)
+    assert _rms(ds, truth) < 0.01
+    # a template on calibrated coordinates works the same
+    vac = s4.set_q_calibration(s4.set_origin(template, 31.5, 31.5), 0.02, "1/Å")
+    assert vac.qx.attrs["units"] == "1/Å"
+    assert _rms(measure_origin(cube, "xcorr", template=vac), truth) < 0.01
+
+
+def test_xcorr_template_reference_point(clean, template):
+    cube, truth = clean
+    # the reference is the periodic centre of mass of |template|, wherever the disk is
+    centred = sim.probe_disk(DET, 4.0, center=(32.0, 32.0))
+    corner = centred.copy(data=np.roll(centred.values, (-32, -32), axis=(0, 1)))
+    assert corner.values[0, 0] == 1.0
+    assert _rms(measure_origin(cube, "xcorr", template=corner), truth) < 0.01
+    off = sim.probe_disk(DET, 4.0, center=(20.2, 41.7))
+    assert _rms(measure_origin(cube, "xcorr", template=off), truth) < 0.01
+    assert _rms(measure_origin(cube, "xcorr", template=off.values), truth) < 0.01
+    # an edge-enhancing kernel (disk minus a wider Gaussian, zero sum) centred on the corner
+    i = np.fft.fftfreq(64, 1 / 64)
+    gauss = np.exp(-(i[:, None] ** 2 + i[None, :] ** 2) / (2 * 5.0**2))
+    trench = corner.values / corner.values.sum() - gauss / gauss.sum()
+    assert abs(trench.sum()) < 1e-6
+    assert _rms(measure_origin(cube, "xcorr", template=trench), truth) < 0.02
+    # parabolic refinement only (upsample=1) and no refinement at all
+    assert _rms(measure_origin(cube, "xcorr", template=template, upsample=1), truth) < 0.03
+    whole = measure_origin(cube, "xcorr", template=template, subpixel=False)
+    np.testing.assert_allclose(whole["qx0"] % 1, 0.5, atol=1e-6)  # template centre is 31.5
+    assert _rms(whole, truth) < 0.5
+
+
+def test_measure_origin_on_dask_is_lazy_and_equal(template):
+    cube, truth = sim.crystal((8, 6), DET, origin_drift=DRIFT, chunks=3, seed=4)
+    cube = cube.drop_vars(["qx0", "qy0"])
+    assert isinstance(cube.data, da.Array)
+    eager = cube.compute()
+    for method, kw in [("com", {}), ("max", {}), ("xcorr", {"template": template})]:
+        lazy = measure_origin(cube, method, **kw)
+        assert isinstance(lazy["qx0"].data, da.Array)
+        ref = measure_origin(eager, method, **kw)
+        xr.testing.assert_allclose(lazy.compute(), ref, atol=1e-6)
+        if method != "max":
+            assert _rms(ref, truth) < 0.01
+    # a cube chunked along the detector too
+    rechunked = cube.chunk({"qx": 32})
+    np.testing.assert_allclose(measure_origin(rechunked)["qx0"].values,
+                               measure_origin(eager)["qx0"].values, atol=1e-9)
+
+
+def test_detector_mask_hides_a_hot_pixel(clean):
+    cube, truth = clean
+    data = cube.values.copy()
+    data[:, :, 3, 60] = 40.0  # hot pixel, 40 x the central disk
+    hot = cube.copy(data=data)
+    assert _rms(measure_origin(hot, "com"), truth) > 1.0
+    mask = np.ones(DET, bool)
+    mask[3, 60] = False
+    assert _rms(measure_origin(hot, "com", mask=mask), truth) < 0.01
+    mask_da = xr.DataArray(mask, dims=("qx", "qy"))
+    assert _rms(measure_origin(hot, "max", mask=mask_da), truth) < 0.05
+    # NaN pixels are ignored
+    data = cube.values.copy()
+    data[:, :, 3, 60] = np.nan
+    assert _rms(measure_origin(cube.copy(data=data), "com"), truth) < 0.01
+
+
+def test_empty_pattern_gives_nan(clean):
+    cube, _ = clean
+    data = cube.values.copy()
+    data[2, 3] = 0
+    for method in ("com", "max"):
+        ds = measure_origin(cube.copy(data=data), method)
+        assert np.isnan(ds.qx0.values[2, 3]) and np.isnan(ds.qy0.values[2, 3])
+        assert np.isfinite(ds.qx0.values).sum() == ds.qx0.size - 1
+
+
+def test_measure_origin_bad_input(clean, template):
+    cube, _ = clean
+    with pytest.raises(ValueError, match="method must be one of"):
+        measure_origin(cube, "gauss")
+    with pytest.raises(ValueError, match="needs a template"):
+        measure_origin(cube, "xcorr")
+    with pytest.raises(ValueError, match="template is used by method='xcorr' only"):
+        measure_origin(cube, "com", template=template)
+    with pytest.raises(ValueError, match=r"template must have the detector shape .*\(32, 32\)"):
+        measure_origin(cube, "xcorr", template=sim.probe_disk((32, 32), 4.0))
+    with pytest.raises(ValueError, match="template must have dims"):
+        measure_origin(cube, "xcorr", template=template.rename(qx="a"))
+    with pytest.raises(TypeError, match="template must be a"):
+        measure_origin(cube, "xcorr", template=[[1.0]])
+    with pytest.raises(ValueError, match="no well-defined centre"):
+        measure_origin(cube, "xcorr", template=np.ones(DET))
+    with pytest.raises(ValueError, match="template contains NaN"):
+        measure_origin(cube, "xcorr", template=template * np.nan)
+    with pytest.raises(ValueError, match="radius must be a positive"):
+        measure_origin(cube, radius=-1)
+    with pytest.raises(ValueError, match="threshold must be"):
+        measure_origin(cube, threshold=1.5)
+    with pytest.raises(ValueError, match="upsample must be an integer"):
+        measure_origin(cube, "xcorr", template=template, upsample=0)
+    with pytest.raises(ValueError, match="iterations must be"):
+        measure_origin(cube, iterations=-1)
+    with pytest.raises(ValueError, match="sigma must be"):
+        measure_origin(cube, "max", sigma=-2)
+    with pytest.raises(ValueError, match=r"mask must have the detector shape"):
+        measure_origin(cube, mask=np.ones((16, 16), bool))
+    with pytest.raises(ValueError, match="detector mask with dims"):
+        measure_origin(cube, mask=xr.DataArray(np.ones((16, 16), bool), dims=("rx", "ry")))
+    with pytest.raises(ValueError, match="mask selects no detector pixel"):
+        measure_origin(cube, mask=np.zeros(DET, bool))
+    with pytest.raises(ValueError, match="must have dims"):
+        measure_origin(cube.transpose("qx", "qy", "rx", "ry"))
+    with pytest.raises(TypeError, match="must be an xarray.DataArray"):
+        measure_origin(cube.values)
+    with pytest.raises(ValueError, match="entirely NaN"):
+        measure_origin(cube * np.nan)
+
+
+# ----------------------------------------------------------------- fit_origin
+def _plane_ds(shape=(32, 30), noise=0.0, seed=0) -> tuple[xr.Dataset, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    i, j = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    px = 30.2 + 0.04 * i - 0.03 * j
+    py = 33.9 - 0.02 * i + 0.05 * j
+    ds = xr.Dataset(
+        {"qx0": (("rx", "ry"), px + noise * rng.standard_normal(shape), {"units": "pixels"}),
+         "qy0": (("rx", "ry"), py + noise * rng.standard_normal(shape), {"units": "pixels"})},
+        coords={"rx": ("rx", 2.0 * np.arange(shape[0]), {"units": "Å"}),
+                "ry": ("ry", 2.0 * np.arange(shape[1]), {"units": "Å"})},
+    )
+    return ds, px, py
+
+
+def test_fit_plane_residual_is_the_noise():
+    noise = 0.1
+    ds, px, py = _plane_ds(noise=noise)
+    fit = fit_origin(ds, "plane")
+    assert abs(float(fit.qx0_rms) / noise - 1) < 0.2
+    assert abs(float(fit.qy0_rms) / noise - 1) < 0.2
+    np.testing.assert_allclose(fit.qx0_coefficients.values, [30.2, 0.04, -0.03], atol=0.02)
+    np.testing.assert_allclose(fit.qy0_coefficients.values, [33.9, -0.02, 0.05], atol=0.02)
+    assert list(fit.term.values) == ["1", "i", "j"]
+    np.testing.assert_allclose(fit.qx0_residual, ds.qx0 - fit.qx0)
+    np.testing.assert_array_equal(fit.qx0_measured, ds.qx0)
+    assert np.abs(fit.qx0 - px).max() < 0.03 and fit.used.all()
+    assert fit.qx0.attrs["units"] == "pixels" and fit.rx.attrs["units"] == "Å"
+
+
+def test_robust_fit_ignores_outliers():
+    ds, px, py = _plane_ds(noise=0.05, seed=1)
+    rng = np.random.default_rng(7)
+    n = ds.qx0.size
+    bad = rng.choice(n, size=int(0.05 * n), replace=False)
+    qx, qy = ds.qx0.values.copy(), ds.qy0.values.copy()
+    angle = rng.uniform(0, 2 * np.pi, bad.size)
+    qx.flat[bad] += 10 * np.cos(angle)
+    qy.flat[bad] += 10 * np.sin(angle)
+    spoiled = ds.assign(qx0=ds.qx0.copy(data=qx), qy0=ds.qy0.copy(data=qy))
+    plain = fit_origin(spoiled, "plane")
+    robust = fit_origin(spoiled, "plane", robust=True)
+    err_plain = max(np.abs(plain.qx0 - px).max(), np.abs(plain.qy0 - py).max())
+    err_robust = max(np.abs(robust.qx0 - px).max(), np.abs(robust.qy0 - py).max())
+    assert err_plain > 0.1
+    assert err_robust < 0.05
+    assert not robust.used.values.flat[bad].any()
+    assert robust.used.sum() > 0.8 * n and robust.attrs["n_used"] == int(robust.used.sum())
+
+
+@pytest.mark.parametrize("model", ["parabola", "bezier"])
+def test_quadratic_models_recover_a_parabolic_field(model):
+    i, j = np.meshgrid(np.arange(20.0), np.arange(24.0), indexing="ij")
+    px = 30 + 0.1 * i - 0.05 * j + 0.01 * i**2 - 0.004 * i * j + 0.003 * j**2
+    py = 31 - 0.02 * i + 0.08 * j - 0.002 * i**2 + 0.005 * j**2
+    ds = xr.Dataset({"qx0": (("rx", "ry"), px), "qy0": (("rx", "ry"), py)})
+    fit = fit_origin(ds, model)  # Bézier order 2 spans all quadratics
+    np.testing.assert_allclose(fit.qx0, px, atol=1e-9)
+    np.testing.assert_allclose(fit.qy0, py, atol=1e-9)
+    assert float(fit.qx0_rms) < 1e-9
+    if model == "parabola":
+        np.testing.assert_allclose(fit.qx0_coefficients, [30, 0.1, -0.05, 0.01, -0.004, 0.003],
+                                   atol=1e-9)
+    else:
+        assert fit.sizes["term"] == 9 and fit.attrs["bezier_order"] == [2, 2]
+        # control values at the corners are the field's corner values
+        np.testing.assert_allclose(fit.qx0_coefficients.sel(term="B0,0"), px[0, 0])
+        np.testing.assert_allclose(fit.qx0_coefficients.sel(term="B2,2"), px[-1, -1])
+    # a plane cannot follow the curvature
+    assert float(fit_origin(ds, "plane").qx0_rms) > 0.1
+
+
+def test_bezier_orders_and_the_cubic_field():
+    i, j = np.meshgrid(np.arange(12.0), np.arange(10.0), indexing="ij")
+    px = 10 + 0.001 * i**3 + 0.2 * j
+    ds = xr.Dataset({"qx0": (("rx", "ry"), px), "qy0": (("rx", "ry"), 0 * px + 5)})
+    fit = fit_origin(ds, "bezier", bezier_order=(3, 1))
+    assert fit.sizes["term"] == 8
+    np.testing.assert_allclose(fit.qx0, px, atol=1e-9)
+    assert float(fit_origin(ds, "bezier", bezier_order=2).qx0_rms) > 1e-3
+
+
+def test_fit_mask_selects_positions_and_nan_is_skipped():
+    ds, px, py = _plane_ds(shape=(10, 12))
+    qx = ds.qx0.values.copy()
+    qx[:, 6:] += 5.0  # a region with another origin (e.g. a crystal), masked out
+    qx[0, 0] = np.nan
+    mask = np.zeros((10, 12), bool)
+    mask[:, :6] = True
+    fit = fit_origin(ds.assign(qx0=ds.qx0.copy(data=qx)), "plane",
+                     mask=xr.DataArray(mask, dims=("rx", "ry")))
+    np.testing.assert_allclose(fit.qx0, px, atol=1e-9)  # extrapolated over the whole scan
+    expected_used = mask.copy()
+    expected_used[0, 0] = False
+    np.testing.assert_array_equal(fit.used, expected_used)
+    assert np.isnan(fit.qx0_residual.values[0, 0])
+    np.testing.assert_allclose(fit.qx0_residual.values[:, 6:], 5.0, atol=1e-9)
+
+
+def test_fit_origin_bad_input():
+    ds, _, _ = _plane_ds(shape=(6, 6))
+    few = np.zeros((6, 6), bool)
+    few[0, :2] = True
+    with pytest.raises(ValueError, match="too few positions for the plane fit: 2 usable"):
+        fit_origin(ds, mask=few)
+    line = np.zeros((6, 6), bool)
+    line[2, :] = True
+    with pytest.raises(ValueError, match="do not determine the plane model"):
+        fit_origin(ds, mask=line)
+    with pytest.raises(ValueError, match="too few positions for the bezier fit: 36 usable"):
+        fit_origin(ds, "bezier", bezier_order=6)
+    with pytest.raises(ValueError, match="too few positions for the parabola fit: 0"):
+        fit_origin(ds * np.nan, "parabola")
+    with pytest.raises(ValueError, match="model must be one of"):
+        fit_origin(ds, "cubic")
+    with pytest.raises(TypeError, match="mask must be bool"):
+        fit_origin(ds, mask=np.ones((6, 6)))
+    with pytest.raises(ValueError, match=r"mask must have the scan shape \(rx, ry\) = \(6, 6\)"):
+        fit_origin(ds, mask=np.ones((5, 6), bool))
+    with pytest.raises(ValueError, match="origin_ds has no 'qy0'"):
+        fit_origin(ds[["qx0"]])
+    with pytest.raises(ValueError, match="must have dims"):
+        fit_origin(ds.transpose("ry", "rx"))
+    with pytest.raises(ValueError, match="must be in pixels"):
+        fit_origin(ds.assign(qx0=ds.qx0.assign_attrs(units="1/Å")))
+    with pytest.raises(TypeError, match="origin_ds must be an xarray.Dataset"):
+        fit_origin(ds.qx0)
+    with pytest.raises(ValueError, match="robust_k must be"):
+        fit_origin(ds, robust=True, robust_k=0)
+    with pytest.raises(ValueError, match="robust_steps must be"):
+        fit_origin(ds, robust=True, robust_steps=-1)
+    with pytest.raises(ValueError, match="bezier_order must be"):
+        fit_origin(ds, "bezier", bezier_order=0)
+
+
+# ----------------------------------------------------------------- apply_origin
+def _bf_flatness(cube: xr.DataArray, shift: bool) -> float:
+    det = s4.detectors.circle(cube, radius=3.5 * float(cube.qx[1] - cube.qx[0]))
+    img = np.asarray(s4.virtual_image(cube, det, shift_center=shift, subpixel=shift).values)
+    return float(img.std() / img.mean())
+
+
+@pytest.mark.parametrize("chunks", [None, 4])
+def test_measure_fit_apply_removes_the_drift_contrast(chunks):
+    cube, truth = sim.crystal((16, 16), DET, origin=(31.0, 32.0), origin_drift=(0.2, 0.06,
+                              -0.08, 0.18), q_pixel_size=0.01, dose=1000, seed=5, chunks=chunks)
+    cube = cube.drop_vars(["qx0", "qy0"])
+    measured = measure_origin(cube, "com")
+    fit = fit_origin(measured, "plane", robust=True)
+    applied = apply_origin(cube, fit)
+    assert isinstance(applied.data, da.Array) == (chunks is not None)
+    ox, oy = s4.origin(applied)
+    np.testing.assert_allclose(ox, fit.qx0, atol=1e-9)
+    assert np.abs(ox.values - truth.qx0.values).max() < 0.05  # the drift plane, recovered
+    assert applied.qx.attrs["units"] == "1/Å"
+    before, after = _bf_flatness(cube, False), _bf_flatness(applied, True)
+    assert before > 0.05  # the beam drifts across the BF detector
+    assert after < 0.2 * before  # measured 0.072 -> 0.0095 (shot noise 0.004)
+
+
+def test_apply_origin_accepts_a_pair_and_keeps_calibration(clean):
+    cube, truth = clean
+    out = apply_origin(cube, (truth.qx0.values, truth.qy0))
+    ox, oy = s4.origin(out)
+    np.testing.assert_allclose(ox, truth.qx0)
+    np.testing.assert_allclose(oy, truth.qy0)
+    assert float(out.qx.sel(qx=0, method="nearest")) == pytest.approx(0, abs=0.6)
+    same = apply_origin(cube, (31.2, 32.7))  # one origin for all positions
+    assert "qx0" not in same.coords and s4.origin(same)[0] == pytest.approx(31.2)
+    np.testing.assert_array_equal(out.values, cube.values)
+
+
+def test_stem4d_origin_still_reads_the_origin_after_importing_the_module(clean):
+    import stem4d.origin  # noqa: F401  (binds the submodule to the name stem4d.origin)
+
+    cube, truth = clean
+    ox, oy = s4.origin(apply_origin(cube, (truth.qx0, truth.qy0)))
+    np.testing.assert_allclose(oy, truth.qy0)
+    assert callable(s4.origin) and s4.origin.measure_origin is measure_origin
+
+
+def test_apply_origin_bad_input(clean):
+    cube, truth = clean
+    nan = truth.qx0.values.copy()
+    nan[1, 1] = np.nan
+    with pytest.raises(ValueError, match="qx0 has 1 NaN/inf value.*fit_origin"):
+        apply_origin(cube, (nan, truth.qy0.values))
+    with pytest.raises(ValueError, match=r"qy0 must have the scan shape \(rx, ry\) = \(16, 16\)"):
+        apply_origin(cube, (truth.qx0.values, np.zeros((4, 4))))
+    with pytest.raises(ValueError, match="must be in pixels"):
+        apply_origin(cube, truth[["qx0", "qy0"]].assign(qx0=truth.qx0.assign_attrs(units="mrad")))
+    with pytest.raises(ValueError, match="origin has no 'qy0'"):
+        apply_origin(cube, truth[["qx0"]])
+    with pytest.raises(TypeError, match="origin must be a Dataset"):
+        apply_origin(cube, truth.qx0)
+    with pytest.raises(ValueError, match="qx0 must have dims"):
+        apply_origin(cube, (truth.qx0.transpose(), truth.qy0))
+
+
+# ----------------------------------------------------------------- plots
+def test_show_origin_returns_figures():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from stem4d.plot.origin import show_origin
+
+    ds, _, _ = _plane_ds(shape=(8, 9), noise=0.05)
+    fig = show_origin(ds)
+    assert len([a for a in fig.axes if a.get_title()]) == 2
+    mask = np.ones((8, 9), bool)
+    mask[0, 0] = False
+    fit = fit_origin(ds, mask=mask)
+    fig2 = show_origin(ds, fit)
+    titles = [a.get_title() for a in fig2.axes if a.get_title()]
+    assert len(titles) == 6 and any("residual (RMS" in t for t in titles)
+    fig3 = show_origin(fit)  # a fit alone shows everything
+    assert len([a for a in fig3.axes if a.get_title()]) == 6
+    with pytest.raises(TypeError, match="origin_ds must be a Dataset"):
+        show_origin(ds.qx0)
+    plt.close("all")
