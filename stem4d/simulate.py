@@ -584,3 +584,480 @@ def probe_disk(
         name="probe",
         attrs={"source": "stem4d.simulate.probe_disk", "radius": float(radius)},
     )
+
+
+# ------------------------------------------------------------------ amorphous ring
+def ring_pattern(
+    detector_shape: Sequence[int] = (128, 128),
+    *,
+    radius: float,
+    width: float,
+    center: Sequence[Any] | None = None,
+    ellipse: Sequence[float] | None = None,
+    background: float | Sequence[float] = (0.2, 40.0),
+    intensity: float = 1.0,
+    dose: float | None = None,
+    seed: int = 0,
+    q_pixel_size: float | None = None,
+    scan_shape: Sequence[int] | None = None,
+    dtype: Any = "float32",
+) -> tuple[xr.DataArray, xr.Dataset]:
+    """Simulate an amorphous-like diffraction ring with a known elliptical distortion.
+
+    The intensity at detector pixel ``q`` (pixel centres, no pixel integration) is
+    ``intensity * exp(-(rho - radius)**2 / (2 width**2)) + background(rho)`` with
+    ``rho = |A^-1 (q - center)|`` the *undistorted* distance from the centre, pixels, and
+    ``A = ellipse_matrix(a, b, phi)`` the detector stretch of :func:`crystal` (stretch
+    ``a`` along the direction at ``phi`` rad from ``qx`` towards ``qy``, ``b`` across it,
+    about the centre). The ring's peak is therefore the ellipse of semi-axes
+    ``a * radius`` (along ``phi``) and ``b * radius``; the diffuse background is distorted
+    in the same way.
+
+    Parameters
+    ----------
+    detector_shape
+        ``(qx, qy)`` pixels.
+    radius, width
+        Undistorted ring radius and Gaussian standard deviation of its radial profile,
+        pixels.
+    center
+        Ring centre ``(qx0, qy0)``, fractional pixel index; with ``scan_shape`` each may
+        be a ``(rx, ry)`` array (a per-position origin). Default: the detector centre.
+    ellipse
+        ``(a, b, phi)`` as in :func:`crystal`; ``None``: no distortion.
+    background
+        A number (constant) or ``(amplitude, decay)``: ``amplitude * exp(-rho / decay)``
+        with ``decay`` in pixels; in the units of ``intensity``.
+    intensity
+        Peak value of the ring (above the background) without ``dose``.
+    dose
+        Mean electron count at the ring's peak (the pattern is scaled by
+        ``dose / intensity``); Poisson counts are drawn, seeded by ``seed`` (scan row ``i``
+        of a cube uses ``SeedSequence(seed, spawn_key=(i,))``). ``None``: noise-free.
+    q_pixel_size
+        Detector pixel size, 1/Å per pixel. ``None``: q coordinates in pixels.
+    scan_shape
+        ``(rx, ry)``: return a datacube holding the pattern at every position (noise drawn
+        independently). ``None``: one ``(qx, qy)`` pattern.
+    dtype
+        Data type of the result.
+
+    Returns
+    -------
+    pattern
+        ``(qx, qy)`` DataArray, or ``(rx, ry, qx, qy)`` datacube with ``scan_shape``;
+        q coordinates (pixels or 1/Å) are zero at the (mean) centre, a per-position
+        centre is stored as ``qx0``/``qy0`` coordinates.
+    truth
+        Dataset: ``radius``, ``width`` (pixels, undistorted); ``qx0``, ``qy0`` the centre
+        (pixels); ``ellipse_a``, ``ellipse_b``, ``ellipse_phi``; the ring's peak ellipse as
+        a fit should find it, ``ring_a >= ring_b`` semi-axes (pixels) and ``ring_theta``
+        (rad, direction of ``ring_a`` from ``qx`` towards ``qy``, in ``(-pi/2, pi/2]``);
+        ``background_amplitude``, ``background_decay`` (``inf`` for a constant);
+        ``scale`` (counts per unit of ``intensity``, 1 without ``dose``).
+    """
+    nx, ny = _shape2(detector_shape, "detector_shape")
+    for name, val in (("radius", radius), ("width", width), ("intensity", intensity)):
+        if not (np.isfinite(val) and val > 0):
+            raise ValueError(f"{name} must be positive and finite, got {val!r}")
+    if dose is not None and not (np.isfinite(dose) and dose > 0):
+        raise ValueError(f"dose must be a positive count per pixel or None, got {dose!r}")
+    if np.ndim(background) == 0:
+        bg_amp, bg_decay = float(background), np.inf
+    else:
+        try:
+            bg_amp, bg_decay = (float(v) for v in background)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"background must be a number or (amplitude, decay pixels), got {background!r}"
+            ) from None
+    if not (np.isfinite(bg_amp) and bg_amp >= 0 and bg_decay > 0):
+        raise ValueError(
+            f"background amplitude must be >= 0 and decay > 0 (pixels), got {background!r}")
+    if ellipse is None:
+        ell = (1.0, 1.0, 0.0)
+    else:
+        ell = tuple(float(v) for v in ellipse)
+        if len(ell) != 3 or not all(np.isfinite(ell)) or min(ell[:2]) <= 0:
+            raise ValueError(f"ellipse must be (a > 0, b > 0, phi rad) or None, got {ellipse!r}")
+    scan = None if scan_shape is None else _shape2(scan_shape, "scan_shape")
+    if center is None:
+        center = ((nx - 1) / 2.0, (ny - 1) / 2.0)
+    if len(center) != 2:
+        raise ValueError(f"center must be a pair (qx0, qy0) in pixels, got {center!r}")
+    if scan is None:
+        c = _vec2(center, "center")
+        cx, cy = np.full((1, 1), c[0]), np.full((1, 1), c[1])
+    else:
+        cx = _scan_field(center[0], scan, "center[0]")
+        cy = _scan_field(center[1], scan, "center[1]")
+
+    # ---- render (P, nx, ny) in float64, one scan row at a time
+    inv = np.linalg.inv(ellipse_matrix(*ell))
+    gx = np.arange(nx, dtype=float)[:, None]
+    gy = np.arange(ny, dtype=float)[None, :]
+    scale = 1.0 if dose is None else dose / intensity
+    out = np.empty(cx.shape + (nx, ny), dtype=np.dtype(dtype))
+    for i in range(cx.shape[0]):
+        dx = gx - cx[i][:, None, None]
+        dy = gy - cy[i][:, None, None]
+        ux = inv[0, 0] * dx + inv[0, 1] * dy
+        uy = inv[1, 0] * dx + inv[1, 1] * dy
+        rho = np.sqrt(ux**2 + uy**2)
+        row = intensity * np.exp(-((rho - radius) ** 2) / (2.0 * width**2))
+        row += bg_amp * np.exp(-rho / bg_decay) if np.isfinite(bg_decay) else bg_amp
+        row *= scale
+        if dose is not None:
+            rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(i,)))
+            row = rng.poisson(row).astype(float)
+        out[i] = np.rint(row) if np.issubdtype(out.dtype, np.integer) else row
+
+    # ---- xarray objects
+    a_s, b_s, phi = ell
+    if a_s >= b_s:
+        ring_a, ring_b, theta = a_s * radius, b_s * radius, phi
+    else:
+        ring_a, ring_b, theta = b_s * radius, a_s * radius, phi + np.pi / 2
+    theta = float(np.pi / 2 - np.mod(np.pi / 2 - theta, np.pi))  # wrap to (-pi/2, pi/2]
+    units = "counts" if dose is not None else "arbitrary"
+    px = {"units": "pixels"}
+    truth_vars: dict[str, Any] = {
+        "radius": ((), float(radius), px),
+        "width": ((), float(width), px),
+        "ellipse_a": ((), a_s, {"units": ""}),
+        "ellipse_b": ((), b_s, {"units": ""}),
+        "ellipse_phi": ((), phi, {"units": "rad"}),
+        "ring_a": ((), ring_a, px),
+        "ring_b": ((), ring_b, px),
+        "ring_theta": ((), theta, {"units": "rad"}),
+        "background_amplitude": ((), bg_amp * scale, {"units": units}),
+        "background_decay": ((), bg_decay, px),
+        "scale": ((), scale, {"units": ""}),
+    }
+    attrs = {"source": "stem4d.simulate.ring_pattern", "units": units}
+    q_step = 1.0 if q_pixel_size is None else float(q_pixel_size)
+    q_units = "pixels" if q_pixel_size is None else "1/Å"
+    if scan is None:
+        pattern = xr.DataArray(
+            out[0, 0], dims=("qx", "qy"),
+            coords={"qx": ("qx", np.arange(nx) * q_step, {"units": q_units}),
+                    "qy": ("qy", np.arange(ny) * q_step, {"units": q_units})},
+            name="ring", attrs=attrs)
+        pattern = set_origin(pattern, cx[0, 0], cy[0, 0])
+        truth_vars["qx0"] = ((), float(cx[0, 0]), px)
+        truth_vars["qy0"] = ((), float(cy[0, 0]), px)
+        return pattern, xr.Dataset(truth_vars, attrs=attrs)
+    cube = datacube(out, q_step=q_step, q_units=q_units, attrs=attrs, name="ring")
+    varies = np.ptp(cx) > 0 or np.ptp(cy) > 0
+    cube = set_origin(cube, cx, cy) if varies else set_origin(cube, cx[0, 0], cy[0, 0])
+    truth_vars["qx0"] = (("rx", "ry"), cx, px)
+    truth_vars["qy0"] = (("rx", "ry"), cy, px)
+    truth = xr.Dataset(truth_vars, coords={"rx": cube.coords["rx"].variable,
+                                           "ry": cube.coords["ry"].variable}, attrs=attrs)
+    return cube, truth
+
+
+__all__.append("ring_pattern")
+
+
+# ------------------------------------------------------------------ thin phase object
+def _phase_object_atoms(
+    atoms: Any, atom_potential: Any, extent: np.ndarray, margin: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scan-frame atom positions ``(N, 2)`` (Å) and peak projected potentials ``(N,)``."""
+    if atoms is None:
+        spacing = 2.1
+        lo, hi = -margin * np.ones(2), extent + margin
+        gx = np.arange(lo[0], hi[0] + spacing, spacing)
+        gy = np.arange(lo[1], hi[1] + spacing, spacing)
+        xs, ys = np.meshgrid(gx, gy, indexing="ij")
+        pos = np.stack([xs.ravel(), ys.ravel()], axis=1)
+        rng = np.random.default_rng(np.random.SeedSequence([abs(int(seed)), 2718]))
+        pos = pos + rng.uniform(-0.3, 0.3, size=pos.shape)
+        weight = rng.uniform(0.5, 1.0, size=pos.shape[0])
+    else:
+        pos = np.asarray(atoms, dtype=float)
+        if pos.ndim != 2 or pos.shape[1] != 2 or pos.shape[0] < 1:
+            raise ValueError(
+                "atoms must be an (N, 2) array of scan-frame positions (x along rx, y along "
+                f"ry), Å, got shape {pos.shape}"
+            )
+        if not np.all(np.isfinite(pos)):
+            raise ValueError("atoms must be finite positions, got NaN/inf")
+        weight = np.ones(pos.shape[0])
+    potential = np.asarray(atom_potential, dtype=float)
+    if potential.ndim not in (0, 1) or (potential.ndim == 1 and potential.size != pos.shape[0]):
+        raise ValueError(
+            "atom_potential must be a number or one value per atom "
+            f"({pos.shape[0]}), V·Å, got shape {potential.shape}"
+        )
+    if not np.all(np.isfinite(potential)) or np.any(potential <= 0):
+        raise ValueError(f"atom_potential must be positive (V·Å), got {atom_potential!r}")
+    return pos, weight * potential
+
+
+def _gaussian_sum(points: np.ndarray, centres: np.ndarray, amps: np.ndarray,
+                  width: float, gradient: bool = False) -> np.ndarray:
+    """``f = sum_j amps_j exp(-|p - c_j|^2 / (2 width^2))`` at ``points (..., 2)``.
+
+    With ``gradient``, returns ``(..., 3)``: ``f`` and its two partial derivatives.
+    """
+    flat = points.reshape(-1, 2)
+    res = np.zeros((flat.shape[0], 3 if gradient else 1))
+    reach = 6.0 * width
+    for c, a in zip(centres, amps, strict=True):
+        dxy = flat - c
+        d2 = dxy[:, 0] ** 2 + dxy[:, 1] ** 2
+        near = d2 < reach**2
+        val = a * np.exp(-d2[near] / (2.0 * width**2))
+        res[near, 0] += val
+        if gradient:
+            res[near, 1:] -= (val / width**2)[:, None] * dxy[near]
+    return res.reshape(points.shape[:-1] + ((3,) if gradient else ()))
+
+
+def phase_object(
+    scan_shape: Sequence[int] = (24, 24),
+    detector_shape: Sequence[int] = (64, 64),
+    *,
+    atoms: Any = None,
+    atom_potential: float | Sequence[float] = 800.0,
+    atom_width: float = 0.35,
+    convergence_semiangle: float = 20.0,
+    defocus: float = 0.0,
+    r_step: float | Sequence[float] = 0.4,
+    q_pixel_size: float | None = None,
+    beam_energy: float = 300e3,
+    scan_rotation: float = 0.0,
+    scan_flip: bool = False,
+    dose: float | None = None,
+    dtype: Any = "float32",
+    seed: int = 0,
+    chunks: int | None = None,
+) -> tuple[xr.DataArray, xr.Dataset]:
+    """Wave-optical 4D-STEM datacube of a thin phase object, and its exact answer.
+
+    The specimen is a pure phase object ``t(s) = exp(i phi(s))`` with
+    ``phi(s) = sigma * V(s)``: ``sigma`` the relativistic interaction parameter
+    (:func:`stem4d.interaction_parameter`, rad / (V Å)) and ``V`` a projected potential
+    made of positive Gaussian "atoms" (peak ``atom_potential`` V·Å, standard deviation
+    ``atom_width`` Å) at known positions in the **scan frame** (``x`` along ``rx``, ``y``
+    along ``ry``, Å, the frame of the cube's ``rx``/``ry`` coordinates; scan position
+    ``(i, j)`` is at ``(i * r_step_x, j * r_step_y)``).
+
+    The probe is the inverse Fourier transform of a circular aperture of semiangle
+    ``convergence_semiangle`` (soft edge one detector pixel wide) times the lens transfer
+    ``exp(-i chi)``, ``chi(k) = -pi * lambda * defocus * |k|^2`` (``defocus = -C10`` Å,
+    positive = underfocus), normalized to unit total intensity. Each pattern is
+    ``|F[P(r - r_p) t(r)]|^2`` with the forward transform ``exp(-2 pi i k.r)``, so a phase
+    gradient ``grad phi`` deflects the beam by ``+grad phi / (2 pi)`` (1/Å): the centre of
+    mass of each pattern is ``(|P|^2 * grad phi)(r_p) / (2 pi)`` exactly.
+
+    **Frames.** The computation is done in the detector frame: the real-space window of
+    each pattern has its rows along ``qx`` and its columns along ``qy`` (pixel
+    ``1 / (N q_pixel_size)`` Å), the object is evaluated at ``Q^-1 u`` for a
+    detector-frame point ``u``, and scan position ``p`` sits at ``Q p``, with
+    ``Q = R(scan_rotation) @ diag(1, -1 if scan_flip else 1)``
+    (:func:`scan_to_detector_matrix`). So a scan-frame vector ``v`` appears on the
+    detector as ``Q v``, the stem4d convention: the centre of mass of the cube is
+    ``Q (|P|^2 * grad phi) / (2 pi)`` with the gradient taken in the scan frame. The
+    probe at position ``p`` is shifted to ``Q p`` by a Fourier phase ramp (sub-pixel) and
+    the object window is cut at whole pixels of a detector-frame object grid.
+
+    Parameters
+    ----------
+    scan_shape, detector_shape
+        ``(rx, ry)`` probe positions and ``(qx, qy)`` detector pixels.
+    atoms
+        ``(N, 2)`` atom positions in the scan frame, Å. Default: a square grid of spacing
+        2.1 Å covering the scan and the probe window around it, each atom moved by up to
+        ±0.3 Å and weighted by a factor in ``[0.5, 1]`` (pseudo-random from ``seed``), so
+        the object has no mirror or rotation symmetry.
+    atom_potential
+        Peak projected potential of an atom, V·Å (a number or one per atom). 800 V·Å
+        gives a peak phase of 0.52 rad at 300 kV.
+    atom_width
+        Gaussian standard deviation of an atom, Å.
+    convergence_semiangle
+        Probe semiangle, mrad.
+    defocus
+        Probe defocus, Å (``-C10``; positive = underfocus).
+    r_step
+        Scan step, Å (one number or ``(rx, ry)``).
+    q_pixel_size
+        Detector pixel size, 1/Å per pixel. Default: the aperture radius spans
+        ``min(detector_shape) / 5`` pixels. The aperture must fit inside 0.45 of the
+        detector half-width (no aliasing).
+    beam_energy
+        Electron energy, eV.
+    scan_rotation, scan_flip
+        Scan-to-detector rotation (rad) and flip of the stem4d convention.
+    dose
+        Mean number of electrons per pattern (the noise-free pattern sums to 1); Poisson
+        counts are drawn, scan row ``i`` seeded by ``SeedSequence(seed, spawn_key=(i,))``.
+        ``None``: noise-free patterns, each summing to 1.
+    dtype
+        Data type of the cube.
+    seed
+        Seeds the default atom arrangement and the noise.
+    chunks
+        Scan rows per chunk: return a dask-backed cube (same values).
+
+    Returns
+    -------
+    cube
+        DataArray ``(rx, ry, qx, qy)``: ``rx``/``ry`` in Å, ``qx``/``qy`` in 1/Å with
+        ``q = 0`` at the unscattered beam (detector pixel ``N // 2``), ``beam_energy`` and
+        ``convergence_semiangle``. The orientation is *not* stored on the cube.
+    truth
+        Dataset: ``phase`` ``(rx, ry)``, the object phase at each scan position (rad);
+        ``phase_blurred``, that phase convolved with the probe intensity (what an ideal
+        integrated centre of mass recovers, up to a constant); ``com_qx``, ``com_qy``, the
+        exact centre of mass of each pattern relative to ``q = 0`` in the detector frame
+        (1/Å); ``scan_rotation`` (rad), ``scan_flip``, ``scan_to_detector`` (the 2x2
+        ``Q``, rows detector ``qx, qy``, columns scan ``x, y``); ``atom_x``, ``atom_y``
+        (Å, scan frame), ``atom_potential`` (V·Å), ``atom_phase`` (rad);
+        ``wavelength`` (Å), ``sigma`` (rad / (V Å)), ``atom_width`` (Å).
+    """
+    import scipy.fft
+
+    from .datacube import _pair, interaction_parameter
+
+    nrx, nry = _shape2(scan_shape, "scan_shape")
+    nqx, nqy = _shape2(detector_shape, "detector_shape")
+    if min(nqx, nqy) < 8:
+        raise ValueError(f"detector_shape must be at least (8, 8), got {(nqx, nqy)}")
+    for name, value in (("atom_width", atom_width),
+                        ("convergence_semiangle", convergence_semiangle),
+                        ("beam_energy", beam_energy)):
+        if not np.isfinite(value) or value <= 0:
+            raise ValueError(f"{name} must be positive, got {value!r}")
+    if not np.isfinite(defocus):
+        raise ValueError(f"defocus must be finite (Å), got {defocus!r}")
+    if dose is not None and (not np.isfinite(dose) or dose <= 0):
+        raise ValueError(f"dose must be positive (electrons per pattern), got {dose!r}")
+    if beam_energy < 1000:
+        raise ValueError(f"beam_energy is in eV (e.g. 300e3 for 300 kV), got {beam_energy!r}")
+    steps = np.array(_pair(r_step, "r_step"), dtype=float)
+    lam = float(electron_wavelength(beam_energy))
+    sigma = float(interaction_parameter(beam_energy))
+    k_ap = convergence_semiangle * 1e-3 / lam  # aperture radius, 1/Å
+    if q_pixel_size is None:
+        dq = k_ap / (min(nqx, nqy) / 5.0)
+    else:
+        dq = float(q_pixel_size)
+        if not np.isfinite(dq) or dq <= 0:
+            raise ValueError(f"q_pixel_size must be positive (1/Å per pixel), got {dq!r}")
+    if k_ap > 0.45 * min(nqx, nqy) * dq:
+        raise ValueError(
+            f"the aperture (radius {k_ap / dq:.1f} pixels) does not fit in the detector "
+            f"{(nqx, nqy)}: it must stay within 0.45 of the half-width; use a larger "
+            "q_pixel_size or detector"
+        )
+    dx = np.array([1.0 / (nqx * dq), 1.0 / (nqy * dq)])  # real-space pixel, Å
+    q_mat = scan_to_detector_matrix(scan_rotation, scan_flip)
+
+    # atoms (scan frame) and the object on a detector-frame grid
+    extent = steps * (np.array([nrx, nry]) - 1)
+    window = np.array([nqx, nqy]) * dx
+    atoms_xy, amps = _phase_object_atoms(
+        atoms, atom_potential, extent, 0.5 * float(np.hypot(*window)) + 4 * atom_width, seed)
+    ii, jj = np.meshgrid(np.arange(nrx) * steps[0], np.arange(nry) * steps[1], indexing="ij")
+    scan_pos = np.stack([ii, jj], axis=-1)  # (rx, ry, 2), scan frame, Å
+    det_pos = scan_pos @ q_mat.T  # Q p
+    g = det_pos.reshape(-1, 2) / dx  # detector-frame position, pixels
+    gmin = np.floor(g.min(axis=0)) - np.array([nqx, nqy]) // 2 - 2
+    g = g - gmin
+    size = (np.ceil(g.max(axis=0)).astype(int) + np.array([nqx, nqy]) + 4)
+    gx = (np.arange(size[0]) + gmin[0]) * dx[0]
+    gy = (np.arange(size[1]) + gmin[1]) * dx[1]
+    grid = np.stack(np.meshgrid(gx, gy, indexing="ij"), axis=-1)
+    det_atoms = atoms_xy @ q_mat.T
+    phi_det = sigma * _gaussian_sum(grid, det_atoms, amps, atom_width, gradient=True)
+    transmission = np.exp(1j * phi_det[..., 0]).astype(np.complex64)
+
+    # probe in Fourier space
+    kx = np.fft.fftfreq(nqx, d=dx[0])
+    ky = np.fft.fftfreq(nqy, d=dx[1])
+    k = np.hypot(kx[:, None], ky[None, :])
+    aperture = np.clip((k_ap - k) / dq + 0.5, 0.0, 1.0)
+    chi = -np.pi * lam * defocus * k**2
+    probe_k = aperture * np.exp(-1j * chi)
+    probe_k /= np.sqrt(np.sum(np.abs(probe_k) ** 2))
+
+    # patterns, in batches of positions
+    start = np.floor(g).astype(np.int64)
+    frac = g - start
+    corner = start - np.array([nqx, nqy]) // 2
+    shift = (np.array([nqx, nqy]) // 2 + frac) * dx  # probe centre in the window, Å
+    n_pos = nrx * nry
+    out = np.empty((n_pos, nqx, nqy), dtype=np.float64)
+    seen = np.empty((n_pos, 3))  # probe-weighted phase and phase gradient
+    ar_x, ar_y = np.arange(nqx), np.arange(nqy)
+    batch = max(1, (1 << 21) // (nqx * nqy))
+    for b0 in range(0, n_pos, batch):
+        b1 = min(n_pos, b0 + batch)
+        ramp_x = np.exp(-2j * np.pi * shift[b0:b1, 0, None] * kx[None, :])
+        ramp_y = np.exp(-2j * np.pi * shift[b0:b1, 1, None] * ky[None, :])
+        spec = (probe_k[None] * ramp_x[:, :, None] * ramp_y[:, None, :]).astype(np.complex64)
+        probe = scipy.fft.ifft2(spec, norm="ortho", workers=-1)
+        rows = corner[b0:b1, 0, None, None] + ar_x[None, :, None]
+        cols = corner[b0:b1, 1, None, None] + ar_y[None, None, :]
+        weight = np.abs(probe) ** 2
+        seen[b0:b1] = np.einsum("nij,nijc->nc", weight, phi_det[rows, cols], optimize=True)
+        probe *= transmission[rows, cols]
+        far = scipy.fft.fft2(probe, norm="ortho", workers=-1)
+        out[b0:b1] = np.fft.fftshift(np.abs(far) ** 2, axes=(1, 2))
+    out = out.reshape(nrx, nry, nqx, nqy)
+    if dose is not None:
+        out *= dose
+        for i in range(nrx):
+            rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(i,)))
+            out[i] = rng.poisson(out[i])
+    cube = datacube(
+        out.astype(dtype), r_step=tuple(steps), r_units="Å", q_step=dq, q_units="1/Å",
+        beam_energy=beam_energy, convergence_semiangle=convergence_semiangle,
+        origin=(nqx // 2, nqy // 2), name="phase_object",
+        attrs={"source": "stem4d.simulate.phase_object"},
+    )
+    if chunks is not None:
+        cube = cube.chunk({"rx": int(chunks)})
+
+    # truth: phase at the scan positions, and what the probe sees
+    phase = sigma * _gaussian_sum(scan_pos, atoms_xy, amps, atom_width)
+    seen = seen.reshape(nrx, nry, 3)
+    phase_blurred = seen[..., 0]
+    com_det = seen[..., 1:] / (2 * np.pi)
+    scan = ("rx", "ry")
+    truth = xr.Dataset(
+        {
+            "phase": (scan, phase, {"units": "rad"}),
+            "phase_blurred": (scan, phase_blurred, {
+                "units": "rad", "description": "phase convolved with the probe intensity"}),
+            "com_qx": (scan, com_det[..., 0], {"units": "1/Å"}),
+            "com_qy": (scan, com_det[..., 1], {"units": "1/Å"}),
+            "scan_to_detector": (("detector_axis", "scan_axis"), q_mat),
+            "atom_x": (("atom",), atoms_xy[:, 0], {"units": "Å"}),
+            "atom_y": (("atom",), atoms_xy[:, 1], {"units": "Å"}),
+            "atom_potential": (("atom",), amps, {"units": "V·Å"}),
+            "atom_phase": (("atom",), sigma * amps, {"units": "rad"}),
+        },
+        coords={
+            "rx": cube.coords["rx"].variable, "ry": cube.coords["ry"].variable,
+            "detector_axis": ("detector_axis", ["qx", "qy"]),
+            "scan_axis": ("scan_axis", ["x", "y"]),
+            "scan_rotation": ((), float(scan_rotation), {"units": "rad"}),
+            "scan_flip": ((), bool(scan_flip), {"units": ""}),
+            "wavelength": ((), lam, {"units": "Å"}),
+            "sigma": ((), sigma, {"units": "rad/(V·Å)"}),
+            "atom_width": ((), float(atom_width), {"units": "Å"}),
+            "defocus": ((), float(defocus), {"units": "Å"}),
+        },
+        attrs={"source": "stem4d.simulate.phase_object",
+               "convention": "pattern = |FFT(P(r - Q p) exp(i phi(Q^-1 r)))|^2, "
+                             "Q = R(scan_rotation) diag(1, -1 if scan_flip else 1)"},
+    )
+    return cube, truth
+
+
+__all__.append("phase_object")
