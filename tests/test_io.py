@@ -16,6 +16,7 @@ import xarray as xr
 import stem4d
 import stem4d.io.chunks as chunks_mod
 from stem4d.io.chunks import auto_chunks, scan_row_chunks
+from stem4d.orientation import rotation_matrix, scan_to_detector_matrix, set_orientation
 
 DATA = Path(__file__).parent / "data"
 
@@ -33,8 +34,7 @@ def make_cube(shape=(4, 5, 6, 7), dtype=np.float32) -> xr.DataArray:
                "note": "Å ok", "vector": np.arange(3.0), "count": np.int32(7),
                "cplx": 1 + 2j},
     )
-    return cube.assign_coords(qr_flip=xr.Variable((), True),
-                              qr_rotation_degrees=xr.Variable((), 12.5, {"units": "deg"}))
+    return set_orientation(cube, np.radians(12.5), True)
 
 
 def assert_same(a, b) -> None:
@@ -87,7 +87,7 @@ def test_dataarray_round_trip(tmp_path, suffix):
     assert back.name == "scan 1"
     assert_same(back.compute(), cube)
     np.testing.assert_allclose(stem4d.origin(back)[0].values, stem4d.origin(cube)[0].values)
-    assert back.coords["qr_flip"].dtype == bool
+    assert back.coords["scan_flip"].dtype == bool
     assert back.coords["beam_energy"].attrs["units"] == "eV"
 
 
@@ -426,9 +426,18 @@ def test_read_py4dstem_with_origin():
     # q = 0 at the mean origin, in calibrated units (not py4DSTEM's dim vectors)
     np.testing.assert_allclose(cube.qx.values, (np.arange(12) - ex.mean()) * 0.02)
     np.testing.assert_allclose(cube.qy.values, (np.arange(14) - ey.mean()) * 0.02)
-    assert float(cube.qr_rotation_degrees) == 12.5
-    assert cube.qr_rotation_degrees.attrs["units"] == "deg"
-    assert bool(cube.qr_flip) is True
+    # py4DSTEM (QR_rotation_degrees, QR_flip) = (12.5, True): a detector vector v maps to
+    # the scan frame as R(12.5°) @ T @ v (T swaps qx, qy), so Q = T @ R(-12.5°)
+    # = R(102.5°) @ diag(1, -1): stem4d (scan_rotation, scan_flip) = (102.5°, True)
+    assert np.degrees(float(cube.scan_rotation)) == pytest.approx(102.5, abs=1e-9)
+    assert cube.scan_rotation.attrs["units"] == "rad"
+    assert bool(cube.scan_flip) is True
+    swap = np.array([[0.0, 1.0], [1.0, 0.0]])
+    q = scan_to_detector_matrix(float(cube.scan_rotation), True)
+    np.testing.assert_allclose(rotation_matrix(np.radians(12.5)) @ swap @ q,
+                               np.eye(2), atol=1e-12)
+    assert cube.attrs["py4dstem_calibration"]["QR_rotation_degrees"] == 12.5
+    assert cube.attrs["py4dstem_calibration"]["QR_flip"] is True
     assert cube.attrs["py4dstem_calibration"]["Q_pixel_units"] == "A^-1"
 
 
@@ -440,8 +449,9 @@ def test_read_py4dstem_plain_and_by_name():
     assert stem4d.r_pixel_size(cube) == (2.5, 2.5, "Å")  # 0.25 nm
     assert stem4d.q_pixel_size(cube) == (0.5, 0.5, "mrad")
     np.testing.assert_allclose(cube.qx.values, np.arange(8) * 0.5)
-    assert "qx0" not in cube.coords and bool(cube.qr_flip) is False
-    assert "qr_rotation_degrees" not in cube.coords
+    # py4DSTEM always writes QR_flip=False; without a rotation there is no orientation
+    assert "qx0" not in cube.coords and "scan_flip" not in cube.coords
+    assert "scan_rotation" not in cube.coords
     with pytest.raises(KeyError, match="no DataCube named 'other'"):
         stem4d.read_py4dstem(DATA / "py4dstem_plain.h5", name="other")
 
@@ -502,7 +512,7 @@ def test_describe_readers(tmp_path):
     text = stem4d.io.describe(DATA / "py4dstem_origin.h5")
     assert "py4DSTEM EMD 1.0" in text and "rx step: 1.5 Å" in text
     assert "origin (pixels): per position, mean (5.550, 6.280)" in text
-    assert "qr_rotation_degrees: 12.5 deg" in text
+    assert "scan_rotation: 1.78896" in text and "scan_flip: True" in text
     write_empad(tmp_path / "e.raw", np.ones((2, 1, 4, 4), np.float32), gap=0)
     text = stem4d.io.describe(tmp_path / "e.raw", scan_shape=(2, 1),
                               detector_shape=(4, 4), gap=0)

@@ -12,7 +12,7 @@ Layout (checked against files written by py4DSTEM 0.14.18, see
         R_pixel_size, R_pixel_units, Q_pixel_size, Q_pixel_units   0-d datasets
         qx0, qy0              origin, detector pixels: (Rx, Ry) arrays or numbers
         qx0_mean, qy0_mean    their means; qx0_shift, qy0_shift: deviations from them
-        QR_rotation (rad), QR_rotation_degrees, QR_flip, ...
+        QR_rotation (rad), QR_rotation_degrees, QR_flip, ...   (-> scan_rotation, scan_flip)
 
 Each calibration dataset has a ``type`` attr (``number``, ``string``, ``array``,
 ``bool``). py4DSTEM's dim vectors for Q are computed as ``-origin_pixels + i * step``,
@@ -32,6 +32,7 @@ import xarray as xr
 from dask.base import tokenize
 
 from ..datacube import _Q_UNITS, _R_UNITS, datacube, set_beam, set_origin
+from ..orientation import from_py4dstem, set_orientation
 from ._common import (
     DatasetNotFoundError,
     HDF5Array,
@@ -153,6 +154,25 @@ def _origin(cal: dict[str, Any], scan_shape: tuple[int, int], path: Any) -> tupl
     return None
 
 
+def _orientation(cal: dict[str, Any], path: Any) -> tuple[float, bool] | None:
+    """stem4d ``(scan_rotation, scan_flip)`` from py4DSTEM's QR calibration, or None."""
+    if "QR_rotation_degrees" in cal:
+        degrees = cal["QR_rotation_degrees"]
+    elif "QR_rotation" in cal:
+        degrees = np.degrees(cal["QR_rotation"]) if isinstance(
+            cal["QR_rotation"], (int, float)) else None
+    else:
+        return None
+    flip = cal.get("QR_flip", False)
+    if not isinstance(degrees, (int, float)) or not np.isfinite(degrees) \
+            or not isinstance(flip, (bool, np.bool_, int)):
+        warnings.warn(
+            f"{path}: ignoring the py4DSTEM orientation QR_rotation_degrees={degrees!r}, "
+            f"QR_flip={flip!r} (not a number and a bool)", stacklevel=3)
+        return None
+    return from_py4dstem(float(degrees), bool(flip))
+
+
 def read_py4dstem(
     path: str | os.PathLike,
     *,
@@ -182,11 +202,15 @@ def read_py4dstem(
     * the origin from ``qx0``/``qy0`` (detector pixels; per-position arrays become the
       ``qx0``/``qy0`` coordinates, see :func:`stem4d.set_origin`), or from
       ``qx0_mean``/``qy0_mean``;
-    * 0-d coordinates ``qr_rotation_degrees`` (units ``deg``, py4DSTEM's
-      counter-clockwise rotation of real space relative to diffraction space) and
-      ``qr_flip`` (bool) when present, and ``beam_energy`` (eV) /
-      ``convergence_semiangle`` (mrad) when the calibration holds them;
-    * ``attrs["py4dstem_calibration"]``: every scalar calibration value of the file.
+    * the scan-to-detector orientation, when the calibration holds ``QR_rotation_degrees``
+      (or ``QR_rotation``), as stem4d's 0-d coordinates ``scan_rotation`` (rad) and
+      ``scan_flip`` (:func:`stem4d.set_orientation`), converted from py4DSTEM's
+      ``(QR_rotation_degrees, QR_flip)`` by :func:`stem4d.orientation.from_py4dstem`
+      (``QR_flip`` alone, which py4DSTEM always writes, is no orientation); and
+      ``beam_energy`` (eV) / ``convergence_semiangle`` (mrad) when the calibration holds
+      them;
+    * ``attrs["py4dstem_calibration"]``: every scalar calibration value of the file,
+      including the original ``QR_rotation_degrees`` and ``QR_flip``.
 
     Units not known to stem4d fall back to pixels with a warning.
     """
@@ -247,17 +271,9 @@ def read_py4dstem(
     origin = _origin(cal, source.shape[:2], p)
     if origin is not None:
         cube = set_origin(cube, *origin)
-    coords: dict[str, xr.Variable] = {}
-    if "QR_rotation_degrees" in cal:
-        coords["qr_rotation_degrees"] = xr.Variable(
-            (), float(cal["QR_rotation_degrees"]), attrs={"units": "deg"})
-    elif "QR_rotation" in cal:
-        coords["qr_rotation_degrees"] = xr.Variable(
-            (), float(np.degrees(cal["QR_rotation"])), attrs={"units": "deg"})
-    if "QR_flip" in cal:
-        coords["qr_flip"] = xr.Variable((), bool(cal["QR_flip"]))
-    if coords:
-        cube = cube.assign_coords(coords)
+    orientation = _orientation(cal, p)
+    if orientation is not None:
+        cube = set_orientation(cube, *orientation)
     energy = next((cal[k] for k in _BEAM_ENERGY_KEYS if k in cal), None)
     conv = next((cal[k] for k in _CONVERGENCE_KEYS if k in cal), None)
     if isinstance(energy, (int, float)) and energy > 0:
