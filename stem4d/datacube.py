@@ -35,7 +35,9 @@ __all__ = [
     "validate_cube",
     "r_pixel_size",
     "q_pixel_size",
-    "origin",
+    "get_origin",
+    "rotation_matrix",
+    "scan_to_detector_matrix",
     "set_r_calibration",
     "set_q_calibration",
     "set_origin",
@@ -313,7 +315,7 @@ def q_pixel_size(obj: xr.DataArray | xr.Dataset) -> tuple[float, float, str]:
     return _axis_step(obj, "qx"), _axis_step(obj, "qy"), _axis_units(obj, "qx")
 
 
-def origin(obj: xr.DataArray | xr.Dataset) -> tuple[Any, Any]:
+def get_origin(obj: xr.DataArray | xr.Dataset) -> tuple[Any, Any]:
     """Origin in detector pixels (fractional row, column index).
 
     Returns two floats (the mean origin, where ``qx = qy = 0``) or, when the cube has
@@ -336,7 +338,7 @@ def calibration_summary(obj: xr.DataArray | xr.Dataset) -> dict[str, Any]:
         if dim in obj.coords and obj.coords[dim].ndim == 1:
             out[f"{dim} step"] = f"{_axis_step(obj, dim):.6g} {_axis_units(obj, dim)}"
     if "qx" in obj.coords and "qy" in obj.coords:
-        ox, oy = origin(obj)
+        ox, oy = get_origin(obj)
         if np.ndim(ox) == 0:
             out["origin (pixels)"] = f"({ox + 0.0:.3f}, {oy + 0.0:.3f})"
         else:
@@ -500,10 +502,16 @@ def convert_q_units(obj: xr.DataArray | xr.Dataset, units: str) -> xr.DataArray 
 _ROT_COORD, _FLIP_COORD = "scan_rotation", "scan_flip"
 
 
-def _orientation_q(rotation: float, flip: bool) -> np.ndarray:
-    """Q = R(rotation) @ diag(1, -1 if flip else 1): scan-frame vector -> detector frame."""
-    c, s = np.cos(rotation), np.sin(rotation)
-    return np.array([[c, -s], [s, c]]) @ np.diag([1.0, -1.0 if flip else 1.0])
+def rotation_matrix(angle: float | np.ndarray) -> np.ndarray:
+    """``R(angle) = [[cos, -sin], [sin, cos]]`` (angle in rad; arrays give ``(..., 2, 2)``)."""
+    c, s = np.cos(angle), np.sin(angle)
+    return np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2)
+
+
+def scan_to_detector_matrix(scan_rotation: float = 0.0, scan_flip: bool = False) -> np.ndarray:
+    """``Q = R(scan_rotation) @ diag(1, -1 if scan_flip else 1)``: a scan-frame vector
+    ``(v_rx, v_ry)`` appears on the detector as ``Q @ v`` in ``(qx, qy)`` components."""
+    return rotation_matrix(scan_rotation) @ np.diag([1.0, -1.0 if scan_flip else 1.0])
 
 
 def _reorient(obj: xr.DataArray, left: np.ndarray | None = None,
@@ -515,7 +523,7 @@ def _reorient(obj: xr.DataArray, left: np.ndarray | None = None,
     """
     if _ROT_COORD not in obj.coords or _FLIP_COORD not in obj.coords:
         return obj
-    q = _orientation_q(float(obj.coords[_ROT_COORD]), bool(obj.coords[_FLIP_COORD]))
+    q = scan_to_detector_matrix(float(obj.coords[_ROT_COORD]), bool(obj.coords[_FLIP_COORD]))
     q = (np.eye(2) if left is None else left) @ q @ (np.eye(2) if right is None else right)
     flip = bool(np.linalg.det(q) < 0)
     rotation = float(np.arctan2(q[1, 0], q[0, 0]))
@@ -640,7 +648,7 @@ def flip_q(obj: xr.DataArray, axis: str) -> xr.DataArray:
     """
     if axis not in DETECTOR_DIMS:
         raise ValueError(f"axis must be 'qx' or 'qy', got {axis!r}")
-    ox, oy = origin(obj)
+    ox, oy = get_origin(obj)
     n = obj.sizes[axis]
     flipped = obj.isel({axis: slice(None, None, -1)})
     sx, sy, units = q_pixel_size(obj)

@@ -113,7 +113,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .simulate import rotation_matrix, scan_to_detector_matrix
+from .datacube import rotation_matrix, scan_to_detector_matrix
 
 __all__ = [
     "rotation_matrix",

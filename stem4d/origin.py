@@ -21,8 +21,6 @@ which are small: a lazy origin Dataset is computed there.
 
 from __future__ import annotations
 
-import sys
-import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,7 +31,6 @@ import xarray as xr
 from scipy import ndimage
 
 from .datacube import SCAN_DIMS, set_origin, validate_cube
-from .datacube import origin as _origin_of
 
 __all__ = ["measure_origin", "fit_origin", "apply_origin"]
 
@@ -700,16 +697,3 @@ def apply_origin(cube: xr.DataArray, origin: xr.Dataset | Sequence[Any]) -> xr.D
             )
         values.append(arr)
     return set_origin(cube, values[0], values[1])
-
-
-# ============================================================ name clash guard
-class _CallableModule(types.ModuleType):
-    """Importing the submodule ``stem4d.origin`` rebinds the package attribute
-    ``stem4d.origin`` (the function :func:`stem4d.datacube.origin`) to this module; calling
-    the module forwards to that function, so ``stem4d.origin(cube)`` keeps working."""
-
-    def __call__(self, obj: xr.DataArray | xr.Dataset) -> tuple[Any, Any]:
-        return _origin_of(obj)
-
-
-sys.modules[__name__].__class__ = _CallableModule

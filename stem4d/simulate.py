@@ -60,7 +60,13 @@ import numpy as np
 import xarray as xr
 from scipy.special import erfc
 
-from .datacube import datacube, electron_wavelength, set_origin
+from .datacube import (
+    datacube,
+    electron_wavelength,
+    rotation_matrix,
+    scan_to_detector_matrix,
+    set_origin,
+)
 
 __all__ = ["crystal", "probe_disk", "rotation_matrix", "scan_to_detector_matrix",
            "ellipse_matrix"]
@@ -72,17 +78,6 @@ _BLOCK_ELEMENTS = 1 << 22  # rendered window pixels per block (bounds memory to 
 
 
 # ------------------------------------------------------------------ geometry helpers
-def rotation_matrix(angle: float | np.ndarray) -> np.ndarray:
-    """``R(angle) = [[cos, -sin], [sin, cos]]`` (angle in rad; arrays give ``(..., 2, 2)``)."""
-    c, s = np.cos(angle), np.sin(angle)
-    return np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2)
-
-
-def scan_to_detector_matrix(scan_rotation: float = 0.0, scan_flip: bool = False) -> np.ndarray:
-    """``Q = R(scan_rotation) @ diag(1, -1 if scan_flip else 1)``: scan-frame to detector."""
-    return rotation_matrix(scan_rotation) @ np.diag([1.0, -1.0 if scan_flip else 1.0])
-
-
 def ellipse_matrix(a: float, b: float, phi: float) -> np.ndarray:
     """``R(phi) @ diag(a, b) @ R(-phi)``: stretch ``a`` along angle ``phi`` (rad), ``b`` across."""
     return rotation_matrix(phi) @ np.diag([a, b]) @ rotation_matrix(-phi)

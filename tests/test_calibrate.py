@@ -34,7 +34,7 @@ def test_ring_pattern_geometry_and_truth():
     p, t = sim.ring_pattern((96, 96), radius=30, width=2, center=(47.2, 48.6), ellipse=ell,
                             background=0.1)
     assert p.dims == ("qx", "qy") and p.shape == (96, 96) and p.dtype == np.float32
-    assert s4.origin(p) == pytest.approx((47.2, 48.6))
+    assert s4.get_origin(p) == pytest.approx((47.2, 48.6))
     # the peak of the ring along phi lies at a * radius from the centre
     a_mat = sim.ellipse_matrix(*ell)
     for ang in (0.3, 1.2, 2.5):
@@ -62,7 +62,7 @@ def test_ring_pattern_noise_cube_and_calibration():
                                scan_shape=(3, 4), q_pixel_size=0.02, dose=50, seed=3)
     assert cube.dims == s4.datacube(np.zeros((1, 1, 1, 1))).dims
     assert s4.q_pixel_size(cube) == pytest.approx((0.02, 0.02, "1/Å"))
-    np.testing.assert_allclose(s4.origin(cube)[0].values, cx)
+    np.testing.assert_allclose(s4.get_origin(cube)[0].values, cx)
     np.testing.assert_allclose(t.qx0.values, cx)
     assert not np.array_equal(cube.values[0, 0], cube.values[0, 1])  # independent noise
     with pytest.raises(ValueError, match="width must be positive"):
@@ -324,7 +324,7 @@ def test_calibrate_q_modes(probe_cube, mode, value, lazy):
     assert units == "1/Å"
     tol = 1e-4 if mode == "fitRBF" else 1e-9
     assert _rel(sx, 0.02) < tol and _rel(sy, 0.02) < tol
-    np.testing.assert_allclose(s4.origin(out)[0].values, s4.origin(cube)[0].values)
+    np.testing.assert_allclose(s4.get_origin(out)[0].values, s4.get_origin(cube)[0].values)
     assert isinstance(out.data, da.Array) == lazy
     mrad = cal.calibrate_q(cube, mode, value, units="mrad")
     assert s4.q_pixel_size(mrad)[0] == pytest.approx(1000 * LAM300 * sx, rel=1e-9)
@@ -443,7 +443,7 @@ def test_subtract_radial_background_keeps_disks(disks_on_ring):
     xr.testing.assert_identical(sub.coords.to_dataset(), total.coords.to_dataset())
     err = sub.values - disks.values
     # within the inscribed circle (the corners' partial rings hold few pixels, mostly disk)
-    qx0, qy0 = (v.values[..., None, None] for v in s4.origin(total))
+    qx0, qy0 = (v.values[..., None, None] for v in s4.get_origin(total))
     r = np.hypot(np.arange(80.0)[:, None] - qx0, np.arange(80.0) - qy0)
     empty = (disks.values < 1e-3) & (r < 38)
     assert np.abs(err[empty]).mean() < 0.02 and np.abs(err[empty]).max() < 0.06

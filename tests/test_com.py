@@ -48,7 +48,7 @@ def test_phase_object_patterns_and_truth():
     assert cube.dtype == np.float32
     np.testing.assert_allclose(cube.sum(("qx", "qy")).values, 1.0, rtol=1e-5)  # unit dose
     # q = 0 at detector pixel 32, 1/Å; aperture of 20 mrad spans 64 / 5 pixels
-    assert stem4d.origin(cube) == pytest.approx((32.0, 32.0))
+    assert stem4d.get_origin(cube) == pytest.approx((32.0, 32.0))
     dq = stem4d.q_pixel_size(cube)
     assert dq[2] == "1/Å"
     lam = stem4d.electron_wavelength(300e3)

@@ -40,7 +40,7 @@ def test_datacube_coordinates_are_the_calibration(cube):
     assert cube.rx.attrs["units"] == "Å" and cube.qx.attrs["units"] == "1/Å"
     np.testing.assert_allclose(cube.qx.values, (np.arange(6) - 2.5) * 0.02)
     np.testing.assert_allclose(cube.qy.values, (np.arange(7) - 3.0) * 0.02)
-    assert s4.origin(cube) == pytest.approx((2.5, 3.0))
+    assert s4.get_origin(cube) == pytest.approx((2.5, 3.0))
     assert float(cube.beam_energy) == 300e3 and cube.beam_energy.attrs["units"] == "eV"
     assert cube.convergence_semiangle.attrs["units"] == "mrad"
     # scalar calibrations survive arithmetic and reductions
@@ -78,11 +78,11 @@ def test_set_calibrations_return_new_objects(cube):
     assert per.qx0.dims == ("rx", "ry") and per.qx0.attrs["units"] == "1/Å"
     np.testing.assert_allclose(per.qx.values, (np.arange(6) - ox.mean()) * 0.02)
     np.testing.assert_allclose(per.qx0.values, (ox - ox.mean()) * 0.02)
-    got_x, got_y = s4.origin(per)
+    got_x, got_y = s4.get_origin(per)
     np.testing.assert_allclose(got_x.values, ox)
     np.testing.assert_allclose(got_y.values, oy)
     # rescaling keeps the per-position origin in pixels
-    np.testing.assert_allclose(s4.origin(s4.set_q_calibration(per, 0.5, "mrad"))[0].values, ox)
+    np.testing.assert_allclose(s4.get_origin(s4.set_q_calibration(per, 0.5, "mrad"))[0].values, ox)
     with pytest.raises(ValueError, match=r"qx0 must have the scan shape \(4, 5\)"):
         s4.set_origin(cube, np.ones((3, 3)), np.ones((4, 5)))
 
@@ -102,10 +102,10 @@ def test_reshape_scan_and_axis_operations(cube):
     np.testing.assert_allclose(tr.rx.values[:2], [0, 2.5])
     tq = s4.transpose_q(cube)
     np.testing.assert_array_equal(tq.values, cube.values.transpose(0, 1, 3, 2))
-    assert s4.origin(tq) == pytest.approx((3.0, 2.5))
+    assert s4.get_origin(tq) == pytest.approx((3.0, 2.5))
     fq = s4.flip_q(cube, "qx")
     np.testing.assert_array_equal(fq.values, cube.values[:, :, ::-1])
-    assert s4.origin(fq) == pytest.approx((5 - 2.5, 3.0))
+    assert s4.get_origin(fq) == pytest.approx((5 - 2.5, 3.0))
     assert np.all(np.diff(fq.qx.values) > 0)
     fr = s4.flip_r(cube, "ry")
     np.testing.assert_array_equal(fr.values, cube.values[:, ::-1])
@@ -118,10 +118,10 @@ def test_per_position_origin_follows_flips_and_transposes(cube):
     ox = np.linspace(2, 3, 20).reshape(4, 5)
     oy = np.linspace(3.5, 2.5, 20).reshape(4, 5)
     per = s4.set_origin(cube, ox, oy)
-    fx, fy = s4.origin(s4.flip_q(per, "qy"))
+    fx, fy = s4.get_origin(s4.flip_q(per, "qy"))
     np.testing.assert_allclose(fx.values, ox)
     np.testing.assert_allclose(fy.values, 6 - oy)
-    tx, ty = s4.origin(s4.transpose_r(per))
+    tx, ty = s4.get_origin(s4.transpose_r(per))
     np.testing.assert_allclose(tx.values, ox.T)
 
 
@@ -181,10 +181,10 @@ def test_transposes_keep_calibrated_positions(cube):
     ox = np.linspace(2, 3, 20).reshape(4, 5)
     oy = np.linspace(3.5, 2.5, 20).reshape(4, 5)
     per = s4.set_origin(cube, ox, oy)
-    tq_x, tq_y = s4.origin(s4.transpose_q(per))
+    tq_x, tq_y = s4.get_origin(s4.transpose_q(per))
     np.testing.assert_allclose(tq_x.values, oy)
     np.testing.assert_allclose(tq_y.values, ox)
-    fr_x, _ = s4.origin(s4.flip_r(per, "rx"))
+    fr_x, _ = s4.get_origin(s4.flip_r(per, "rx"))
     np.testing.assert_allclose(fr_x.values, ox[::-1])
     assert "qx0" not in s4.swap_rq(per).coords
 

@@ -86,7 +86,7 @@ def test_dataarray_round_trip(tmp_path, suffix):
     assert isinstance(back.data, da.Array)
     assert back.name == "scan 1"
     assert_same(back.compute(), cube)
-    np.testing.assert_allclose(stem4d.origin(back)[0].values, stem4d.origin(cube)[0].values)
+    np.testing.assert_allclose(stem4d.get_origin(back)[0].values, stem4d.get_origin(cube)[0].values)
     assert back.coords["scan_flip"].dtype == bool
     assert back.coords["beam_energy"].attrs["units"] == "eV"
 
@@ -419,7 +419,7 @@ def test_read_py4dstem_with_origin():
     sx, sy, units = stem4d.q_pixel_size(cube)
     assert units == "1/Å"
     np.testing.assert_allclose((sx, sy), (0.02, 0.02))
-    qx0, qy0 = stem4d.origin(cube)
+    qx0, qy0 = stem4d.get_origin(cube)
     ex, ey = p4_origin((4, 5))
     np.testing.assert_allclose(qx0.values, ex, atol=1e-12)
     np.testing.assert_allclose(qy0.values, ey, atol=1e-12)
@@ -496,7 +496,7 @@ def test_read_rsciio_hspy(tmp_path):
     assert cube.rx.attrs["units"] == "Å" and cube.qx.attrs["units"] == "1/Å"
     np.testing.assert_allclose(cube.qx.values, (-0.02 + 0.01 * np.arange(5)) / 10)
     np.testing.assert_allclose(cube.qy.values, (-0.06 + 0.02 * np.arange(6)) / 10)
-    np.testing.assert_allclose(stem4d.origin(cube), (2.0, 3.0))
+    np.testing.assert_allclose(stem4d.get_origin(cube), (2.0, 3.0))
     assert float(cube.beam_energy) == 200e3
     assert float(cube.convergence_semiangle) == 1.5
 
@@ -559,7 +559,7 @@ def test_rsciio_axes_order_and_chunks(tmp_path, monkeypatch):
     assert cube.data.chunks == ((2, 2, 2), (2,), (3,), (4,))
     np.testing.assert_array_equal(cube.values, data)
     assert stem4d.q_pixel_size(cube) == (0.5, 0.5, "mrad")
-    np.testing.assert_allclose(stem4d.origin(cube), (1.0, 0.0))
+    np.testing.assert_allclose(stem4d.get_origin(cube), (1.0, 0.0))
 
 
 def test_rsciio_missing_gives_install_hint(tmp_path, monkeypatch):

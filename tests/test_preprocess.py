@@ -121,7 +121,7 @@ def test_bin_q_keeps_feature_at_same_q(cube):
     assert float(peak.qx) == pytest.approx(0.0, abs=1e-12)
     assert float(peak.qy) == pytest.approx(0.0, abs=1e-12)
     # origin in binned pixels is (o - (f-1)/2) / f
-    ox, oy = s4.origin(out)
+    ox, oy = s4.get_origin(out)
     assert ox == pytest.approx((4.5 - 0.5) / 2) and oy == pytest.approx(4.0)
 
 
@@ -142,8 +142,8 @@ def test_bin_q_keeps_per_position_origin(per_position_cube):
     out = s4.bin_q(per_position_cube, 2)
     for name in ("qx0", "qy0"):
         xr.testing.assert_identical(out[name], per_position_cube[name])
-    ox_in, _ = s4.origin(per_position_cube)
-    ox_out, _ = s4.origin(out)
+    ox_in, _ = s4.get_origin(per_position_cube)
+    ox_out, _ = s4.get_origin(out)
     np.testing.assert_allclose(ox_out.values, (ox_in.values - 0.5) / 2)
 
 
@@ -180,8 +180,8 @@ def test_crop_q_keeps_coordinates(per_position_cube):
     np.testing.assert_array_equal(out.qy.values, c.qy.values[1:])
     np.testing.assert_array_equal(out.values, c.values[:, :, 2:8, 1:])
     xr.testing.assert_identical(out.qx0, c.qx0)
-    ox, oy = s4.origin(out)
-    np.testing.assert_allclose(ox.values, s4.origin(c)[0].values - 2)
+    ox, oy = s4.get_origin(out)
+    np.testing.assert_allclose(ox.values, s4.get_origin(c)[0].values - 2)
     assert_calibration_kept(out, c)
     assert s4.crop_q(c, (-3, -1), None).qx.values.tolist() == c.qx.values[-3:-1].tolist()
 
@@ -216,9 +216,9 @@ def test_pad_q_keeps_origin_and_sums(per_position_cube):
     np.testing.assert_allclose(out.sum(("qx", "qy")), c.sum(("qx", "qy")))
     np.testing.assert_allclose(out.qx.values[2:12], c.qx.values, atol=1e-12)
     assert s4.q_pixel_size(out) == pytest.approx(s4.q_pixel_size(c))
-    ox, oy = s4.origin(out)
-    np.testing.assert_allclose(ox.values, s4.origin(c)[0].values + 2)
-    np.testing.assert_allclose(oy.values, s4.origin(c)[1].values + 1)
+    ox, oy = s4.get_origin(out)
+    np.testing.assert_allclose(ox.values, s4.get_origin(c)[0].values + 2)
+    np.testing.assert_allclose(oy.values, s4.get_origin(c)[1].values + 1)
     xr.testing.assert_identical(out.qx0, c.qx0)
     assert_calibration_kept(out, c)
 
@@ -267,15 +267,15 @@ def test_resample_bilinear_reproduces_linear_pattern():
     expected = (2 * out.qx + 3 * out.qy + 1).broadcast_like(out)
     np.testing.assert_allclose(out.where(inside).values, expected.where(inside).values,
                                atol=1e-5)
-    assert s4.origin(out) == (pytest.approx(4.0), pytest.approx(6.0))
+    assert s4.get_origin(out) == (pytest.approx(4.0), pytest.approx(6.0))
     assert out.dtype == np.float64
 
 
 def test_resample_keeps_per_position_origin(per_position_cube):
     out = s4.resample_q(per_position_cube, factor=2)
     xr.testing.assert_identical(out.qx0, per_position_cube.qx0)
-    ox, _ = s4.origin(out)
-    np.testing.assert_allclose(ox.values, 2 * s4.origin(per_position_cube)[0].values)
+    ox, _ = s4.get_origin(out)
+    np.testing.assert_allclose(ox.values, 2 * s4.get_origin(per_position_cube)[0].values)
 
 
 # ------------------------------------------------------------------- bad pixels

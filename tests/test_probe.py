@@ -59,7 +59,7 @@ def test_synthetic_probe_on_cube_grid_is_centred_on_origin(drifting_vacuum):
     np.testing.assert_array_equal(p.qx.values, cube.qx.values)
     assert p.qx.attrs["units"] == "1/Å"
     m = P.measure_disk(p)
-    ox, oy = s4.origin(cube)
+    ox, oy = s4.get_origin(cube)
     assert abs(float(m.qx0) - float(ox.mean())) < 0.01
     assert abs(float(m.qy0) - float(oy.mean())) < 0.01
     assert abs(float(m.qx0_q)) < 0.01 * 0.02 and abs(float(m.qy0_q)) < 0.01 * 0.02

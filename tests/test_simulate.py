@@ -105,7 +105,7 @@ def test_origin_drift_plane_and_cube_coords() -> None:
     np.testing.assert_allclose(truth.qx0, 31.7 + drift[0] * i + drift[1] * j)
     np.testing.assert_allclose(truth.qy0, 30.2 + drift[2] * i + drift[3] * j)
     assert truth.qx0.attrs["units"] == "pixels"
-    qx0, qy0 = stem4d.origin(cube)
+    qx0, qy0 = stem4d.get_origin(cube)
     np.testing.assert_allclose(qx0, truth.qx0, atol=1e-12)
     np.testing.assert_allclose(qy0, truth.qy0, atol=1e-12)
     # the central disk follows the origin
@@ -114,7 +114,7 @@ def test_origin_drift_plane_and_cube_coords() -> None:
     assert float(cube.qx[0]) == pytest.approx(-31.7)
     # a constant origin gives scalar calibration, no per-position coords
     flat, _ = crystal((2, 2), (64, 64), origin=(30.25, 32.5))
-    assert "qx0" not in flat.coords and stem4d.origin(flat) == (30.25, 32.5)
+    assert "qx0" not in flat.coords and stem4d.get_origin(flat) == (30.25, 32.5)
 
 
 def test_uniform_tensile_strain_shrinks_reciprocal_vectors() -> None:

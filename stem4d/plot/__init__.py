@@ -4,6 +4,14 @@ Each function takes xarray results and returns the figure; nothing here computes
 analysis. One module per topic; all functions are reachable as ``stem4d.plot.<name>``.
 """
 
+from .calibrate import show_ellipse, show_radial_background
+from .com import show_com, show_orientation
+from .origin import show_origin
+from .probe import show_disk_measurement, show_kernel, show_probe
 from .virtual import position_detector, show_diffraction, show_image, show_images
 
-__all__ = ["position_detector", "show_diffraction", "show_image", "show_images"]
+__all__ = [
+    "position_detector", "show_com", "show_diffraction", "show_disk_measurement",
+    "show_ellipse", "show_image", "show_images", "show_kernel", "show_orientation",
+    "show_origin", "show_probe", "show_radial_background",
+]
