@@ -27,7 +27,11 @@ class _Timer:
 
 
 def run_demo(out: Path, *, scan: int = 32, detector: int = 128, quiet: bool = False) -> Path:
-    """Simulate a calibrated crystal dataset, image it, save results and figures.
+    """Simulate calibrated datasets, calibrate and image them, save results and figures.
+
+    Steps: a crystal dataset whose origin is measured, fitted and applied before the
+    virtual images; a phase-object dataset whose scan-to-detector rotation and flip are
+    found from the centre of mass before integrating the phase.
 
     Returns the path of the netCDF file written in ``out``.
     """
@@ -55,6 +59,22 @@ def run_demo(out: Path, *, scan: int = 32, detector: int = 128, quiet: bool = Fa
     )
     radius_q = float(truth["disk_radius"]) * q_pixel
     say(f"  calibration: {s4.calibration_summary(cube)}")
+    # forget the simulator's origin and find it again from the data
+    raw = s4.set_origin(cube.drop_vars(["qx0", "qy0"]), (detector - 1) / 2, (detector - 1) / 2)
+    measured = timer.step("origin: centre of mass of the central disk per position",
+                          s4.measure_origin, raw, "com")
+    fitted = timer.step("origin: robust plane fit over the scan", s4.fit_origin, measured,
+                        "plane", robust=True)
+    cube = s4.apply_origin(raw, fitted)
+    err = np.hypot(fitted.qx0 - truth.qx0, fitted.qy0 - truth.qy0)
+    say(f"    origin error vs truth: RMS {float(np.sqrt((err ** 2).mean())):.4f} px, "
+        f"fit residual {float(fitted.qx0_rms):.4f} px")
+    disk = timer.step("probe: bright-field disk radius (threshold sweep, centred mean)",
+                      s4.probe_size, cube, shift_center=True)
+    say(f"    disk radius {float(disk.radius):.3f} px (simulated {float(truth.disk_radius):.3f}"
+        f" px); convergence semiangle from it: "
+        f"{float(disk.radius) * q_pixel * 1000 * s4.electron_wavelength(300e3):.3f} mrad "
+        f"(simulated {float(cube.convergence_semiangle):.3f} mrad)")
     bf = s4.detectors.circle(cube, radius=radius_q)
     adf = s4.detectors.annulus(cube, radii=(2.0 * radius_q, 0.48 * detector * q_pixel))
     images = timer.step("virtual BF + ADF images (one pass)", s4.virtual_image, cube,
@@ -67,7 +87,27 @@ def run_demo(out: Path, *, scan: int = 32, detector: int = 128, quiet: bool = Fa
     mean_centred = timer.step("mean pattern, origin-centred (subpixel)",
                               s4.virtual_diffraction, cube, "mean", shift_center=True,
                               subpixel=True)
+    say("simulating a (24, 24, 64, 64) phase-object dataset, detector rotated 23° and flipped")
+    dpc_cube, dpc_truth = timer.step(
+        "simulate phase object (wave optics)", s4.simulate.phase_object, (24, 24), (64, 64),
+        scan_rotation=np.radians(23.0), scan_flip=True, dose=2e5, seed=2)
+    com = timer.step("centre of mass of every pattern", s4.center_of_mass, dpc_cube)
+    orientation = timer.step("scan-to-detector rotation and flip (minimum curl)",
+                             s4.find_orientation, com)
+    phase = timer.step("integrated CoM phase (iDPC)", s4.integrate_com, com,
+                       scan_rotation=float(orientation.scan_rotation),
+                       scan_flip=bool(orientation.scan_flip))
+    true_phase = dpc_truth.phase - dpc_truth.phase.mean()
+    ncc = float(((phase - phase.mean()) * true_phase).sum()
+                / np.sqrt(((phase - phase.mean()) ** 2).sum() * (true_phase ** 2).sum()))
+    say(f"    found rotation {np.degrees(float(orientation.scan_rotation)):.2f}° flip "
+        f"{bool(orientation.scan_flip)} (simulated 23.00° True); iDPC phase vs truth: "
+        f"NCC {ncc:.3f}")
     tree = xr.DataTree.from_dict({
+        "/calibration/origin": fitted,
+        "/calibration/probe": disk,
+        "/calibration/orientation": orientation,
+        "/com": com.assign(phase=phase),
         "/virtual_images": images,
         "/diffraction": xr.Dataset({"mean": mean_dp, "max": max_dp,
                                     "mean_centred": mean_centred}),
@@ -95,7 +135,20 @@ def run_demo(out: Path, *, scan: int = 32, detector: int = 128, quiet: bool = Fa
         plt.close(fig)
         return paths
 
+    def calibration_figures() -> list[Path]:
+        import matplotlib.pyplot as plt
+
+        paths = []
+        for name, fig in (("origin.png", s4.plot.show_origin(measured, fitted)),
+                          ("com.png", s4.plot.show_com(com, phase)),
+                          ("orientation.png", s4.plot.show_orientation(orientation))):
+            paths.append(out / name)
+            fig.savefig(paths[-1], dpi=100)
+            plt.close(fig)
+        return paths
+
     pngs = timer.step("figures (PNG)", figures)
+    pngs += timer.step("calibration figures (PNG)", calibration_figures)
     total = sum(dt for _, dt in timer.steps)
     say(f"  {'total':<58s} {total:8.3f} s")
     say("wrote:")

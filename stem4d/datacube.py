@@ -405,6 +405,8 @@ def set_origin(
         origin, or arrays/DataArrays of shape ``(rx, ry)`` for a per-position origin.
         A per-position origin is stored as the 2-D coordinates ``qx0``/``qy0`` (in the
         q units, relative to the mean origin, which becomes ``qx = qy = 0``).
+        Ellipse-corrected coordinates ``qx_c``/``qy_c``, which depend on the origin, are
+        dropped (recompute them with ``stem4d.ellipse_corrected_coordinates``).
     """
     for nm, v in (("qx0", qx0), ("qy0", qy0)):
         try:
@@ -414,7 +416,8 @@ def set_origin(
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{nm} must be finite detector pixel positions, got NaN/inf")
     per_position = np.ndim(qx0) > 0 or np.ndim(qy0) > 0
-    out = obj.drop_vars([v for v in ("qx0", "qy0") if v in obj.coords])
+    # ellipse-corrected coordinates are measured from the old origin: drop them
+    out = obj.drop_vars([v for v in ("qx0", "qy0", "qx_c", "qy_c") if v in obj.coords])
     sx, sy, units = q_pixel_size(obj)
     if not per_position:
         return out.assign_coords(

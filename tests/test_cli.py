@@ -29,6 +29,14 @@ def test_demo_end_to_end(tmp_path, capsys):
     following = float(images.bf_shift_center.std() / images.bf_shift_center.mean())
     assert following < 0.7 * fixed
     assert images.bf.rx.attrs["units"] == "Å"
+    # the calibration steps: the simulated detector is rotated by 23° and flipped
+    orientation = tree["calibration/orientation"]
+    assert abs(np.degrees(float(orientation["scan_rotation"])) - 23.0) < 1.0
+    assert bool(orientation["scan_flip"])
+    fit = tree["calibration/origin"]
+    assert float(fit["qx0_rms"]) < 0.05 and fit["qx0"].attrs["units"] == "pixels"
+    for name in ("origin.png", "com.png", "orientation.png"):
+        assert (tmp_path / name).stat().st_size > 1000
 
 
 def test_info_prints_calibrations(tmp_path, capsys):
