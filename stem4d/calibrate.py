@@ -62,7 +62,7 @@ from .datacube import (
     set_q_calibration,
     validate_cube,
 )
-from .detectors import _center, _detector, _positive
+from .detectors import _center, _detector, _in_ring, _positive, _radii
 
 __all__ = [
     "fit_ellipse",
@@ -529,14 +529,8 @@ def corrected_annulus(
     """
     qxc, qyc, coords, ell = _corrected_grid(obj, ellipse)
     cx, cy = _center(center)
-    if np.ndim(radii) != 1 or len(radii) != 2:
-        raise ValueError(f"radii must be a pair (inner, outer), got {radii!r}")
-    inner = _positive(radii[0], "radii[0] (inner)", allow_zero=True)
-    outer = _positive(radii[1], "radii[1] (outer)")
-    if inner >= outer:
-        raise ValueError(f"radii must satisfy inner < outer, got {tuple(radii)!r}")
-    r2 = (qxc - cx) ** 2 + (qyc - cy) ** 2
-    values = (r2 >= inner**2) & (r2 <= outer**2)
+    inner, outer = _radii(radii)
+    values = _in_ring(qxc - cx, qyc - cy, inner, outer)
     return _detector(values, coords, "corrected_annulus", coords["qx"].attrs.get("units"),
                      center=(cx, cy), radii=(inner, outer), ellipse=tuple(map(float, ell)))
 

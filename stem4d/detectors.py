@@ -98,16 +98,26 @@ def annulus(
     """Ring detector ``inner <= |q - center| <= outer`` (coordinate units), e.g. ADF."""
     qxg, qyg, coords = _grid_of(obj)
     cx, cy = _center(center)
+    inner, outer = _radii(radii)
+    values = _in_ring(qxg - cx, qyg - cy, inner, outer)
+    return _detector(values, coords, "annulus", _units(coords), center=(cx, cy),
+                     radii=(inner, outer))
+
+
+def _radii(radii: Any) -> tuple[float, float]:
+    """``(inner, outer)`` with ``0 <= inner < outer``, or a ValueError naming ``radii``."""
     if np.ndim(radii) != 1 or len(radii) != 2:
         raise ValueError(f"radii must be a pair (inner, outer), got {radii!r}")
     inner = _positive(radii[0], "radii[0] (inner)", allow_zero=True)
     outer = _positive(radii[1], "radii[1] (outer)")
     if inner >= outer:
         raise ValueError(f"radii must satisfy inner < outer, got {tuple(radii)!r}")
-    r2 = (qxg - cx) ** 2 + (qyg - cy) ** 2
-    values = (r2 >= inner**2) & (r2 <= outer**2)
-    return _detector(values, coords, "annulus", _units(coords), center=(cx, cy),
-                     radii=(inner, outer))
+    return inner, outer
+
+
+def _in_ring(dx: np.ndarray, dy: np.ndarray, inner: float, outer: float) -> np.ndarray:
+    r2 = dx**2 + dy**2
+    return (r2 >= inner**2) & (r2 <= outer**2)
 
 
 def rectangle(

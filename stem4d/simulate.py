@@ -84,6 +84,16 @@ def ellipse_matrix(a: float, b: float, phi: float) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ disk rendering
+def _ellipse_params(ellipse: Any) -> tuple[float, float, float]:
+    """``(a, b, phi)`` of an ellipse argument (``None`` → no distortion)."""
+    if ellipse is None:
+        return (1.0, 1.0, 0.0)
+    ell = tuple(float(v) for v in ellipse)
+    if len(ell) != 3 or not all(np.isfinite(ell)) or min(ell[:2]) <= 0:
+        raise ValueError(f"ellipse must be (a > 0, b > 0, phi rad) or None, got {ellipse!r}")
+    return ell
+
+
 def _edge_sigma(edge_width: float) -> float:
     return float(np.sqrt(edge_width**2 + _PIXEL_VARIANCE))
 
@@ -352,12 +362,7 @@ def crystal(
             "origin_drift must be 4 numbers (dqx0/drx, dqx0/dry, dqy0/drx, dqy0/dry), "
             f"pixels per scan step, got {origin_drift!r}"
         )
-    if ellipse is None:
-        ell = (1.0, 1.0, 0.0)
-    else:
-        ell = tuple(float(v) for v in ellipse)
-        if len(ell) != 3 or not all(np.isfinite(ell)) or min(ell[:2]) <= 0:
-            raise ValueError(f"ellipse must be (a > 0, b > 0, phi rad) or None, got {ellipse!r}")
+    ell = _ellipse_params(ellipse)
 
     # ---- origin over the scan (pixels)
     if origin is None:
@@ -669,12 +674,7 @@ def ring_pattern(
     if not (np.isfinite(bg_amp) and bg_amp >= 0 and bg_decay > 0):
         raise ValueError(
             f"background amplitude must be >= 0 and decay > 0 (pixels), got {background!r}")
-    if ellipse is None:
-        ell = (1.0, 1.0, 0.0)
-    else:
-        ell = tuple(float(v) for v in ellipse)
-        if len(ell) != 3 or not all(np.isfinite(ell)) or min(ell[:2]) <= 0:
-            raise ValueError(f"ellipse must be (a > 0, b > 0, phi rad) or None, got {ellipse!r}")
+    ell = _ellipse_params(ellipse)
     scan = None if scan_shape is None else _shape2(scan_shape, "scan_shape")
     if center is None:
         center = ((nx - 1) / 2.0, (ny - 1) / 2.0)

@@ -23,3 +23,18 @@ def _extent(da: xr.DataArray, ydim: str, xdim: str) -> list[float]:
 
 def _label(da: xr.DataArray, dim: str) -> str:
     return f"{dim} ({da.coords[dim].attrs.get('units', 'pixels')})"
+
+
+def _pattern_axes(pattern: xr.DataArray, ax: Any, log: bool) -> tuple[Any, Any, Any]:
+    """``(fig, ax, image)``: a ``(qx, qy)`` pattern shown (log(1 + I - min) if ``log``)."""
+    import numpy as np
+
+    plt = _pyplot()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+    else:
+        fig = ax.figure
+    values = np.asarray(pattern.values, dtype=float)
+    shown = np.log1p(values - np.nanmin(values)) if log else values
+    image = ax.imshow(shown, extent=_extent(pattern, "qx", "qy"), cmap="magma")
+    return fig, ax, image

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ._common import _extent, _label, _pyplot
+from ._common import _label, _pattern_axes, _pyplot
 
 
 def _as_pattern(image: Any) -> xr.DataArray:
@@ -45,15 +45,8 @@ def show_probe(
     marked. Returns the figure."""
     from matplotlib.patches import Ellipse
 
-    plt = _pyplot()
     pattern = _as_pattern(probe)
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(4.5, 4))
-    else:
-        fig = ax.figure
-    values = np.asarray(pattern.values, dtype=float)
-    shown = np.log1p(values - np.nanmin(values)) if log else values
-    im = ax.imshow(shown, extent=_extent(pattern, "qx", "qy"), cmap="magma")
+    fig, ax, im = _pattern_axes(pattern, ax, log)
     fig.colorbar(im, ax=ax, shrink=0.8)
     if disk is not None:
         cx, cy, rx, ry = _to_coords(pattern, float(disk["qx0"]), float(disk["qy0"]),

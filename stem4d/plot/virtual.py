@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ._common import _extent, _label, _pyplot
+from ._common import _extent, _label, _pattern_axes, _pyplot
 
 
 def show_image(image: xr.DataArray, *, ax: Any = None, title: str | None = None,
@@ -43,14 +43,7 @@ def show_diffraction(
     ``log`` shows log(1 + I - min).
     """
     plt = _pyplot()
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(4.5, 4))
-    else:
-        fig = ax.figure
-    values = np.asarray(pattern.values, dtype=float)
-    shown = np.log1p(values - np.nanmin(values)) if log else values
-    extent = _extent(pattern, "qx", "qy")
-    ax.imshow(shown, extent=extent, cmap="magma")
+    fig, ax, _ = _pattern_axes(pattern, ax, log)
     if detectors is not None:
         if isinstance(detectors, xr.DataArray):
             items = [(detectors.name or "detector", detectors)]
