@@ -55,7 +55,6 @@ from scipy import ndimage, optimize
 
 from .datacube import (
     DETECTOR_DIMS,
-    SCAN_DIMS,
     electron_wavelength,
     q_pixel_size,
     set_beam,
@@ -669,8 +668,8 @@ def calibrate_q(
     Parameters
     ----------
     obj
-        Cube ``(rx, ry, qx, qy)`` or pattern ``(qx, qy)``; numpy or dask (``fitRBF`` on a
-        cube computes its mean pattern, one pass over the data).
+        Cube ``(rx, ry, qx, qy)``, stack ``(scan, qx, qy)`` or pattern ``(qx, qy)``; numpy
+        or dask (``fitRBF`` on a cube or stack computes its mean pattern, one pass).
     mode, value
         ``"dk"`` 1/Å per pixel; ``"kMax"`` 1/Å at the detector edge (``dk = 2 kMax / N``);
         ``"dx"`` real-space pixel size of a reconstruction on this ``N``-pixel detector, Å
@@ -689,7 +688,10 @@ def calibrate_q(
     -------
     ``obj`` with its pixel size set (:func:`stem4d.set_q_calibration`; origin kept).
     """
-    obj = _check_q_object(obj, "obj")
+    if isinstance(obj, xr.DataArray) and obj.ndim == 3 and {"qx", "qy"} <= set(obj.dims):
+        pass  # a ("scan", "qx", "qy") stack of patterns
+    else:
+        obj = _check_q_object(obj, "obj")
     if mode not in _CALIBRATION_MODES:
         raise ValueError(f"mode must be one of {_CALIBRATION_MODES}, got {mode!r}")
     if units in ("1/A", "A^-1", "Å^-1"):
@@ -737,7 +739,8 @@ def calibrate_q(
         if mode == "RBF":
             rbf = value
         else:
-            pattern = obj if obj.ndim == 2 else obj.mean(SCAN_DIMS)
+            pattern = obj.mean([d for d in obj.dims if d not in ("qx", "qy")])
+            pattern = pattern.transpose("qx", "qy")
             rbf = _bright_field_radius(np.asarray(pattern.values))
         step = need("convergence_semiangle", "mrad") / rbf
     if native != units:
