@@ -6,7 +6,7 @@ Dispatch order:
 2. ``.zarr`` (or a directory holding zarr metadata) → stem4d/xarray zarr store;
 3. ``.npy`` → :func:`read_npy`; ``.raw`` → :func:`read_empad` (needs ``scan_shape``);
 4. an HDF5 file (any suffix, found by its signature): with the root attr
-   ``stem4d_type`` → stem4d file; EMD 1.0 (root attr ``emd_group_type='file'``) →
+   ``stem4d_saved_as`` → stem4d file; EMD 1.0 (root attr ``emd_group_type='file'``) →
    :func:`read_py4dstem`; with ``key=`` → :func:`read_hdf5`; a suffix RosettaSciIO
    reads (``.emd``, ``.hspy``, ...) → :func:`read_rsciio`; a netCDF-4 file written by
    other tools → xarray Dataset; otherwise a ``ValueError`` listing its datasets;

@@ -2,9 +2,9 @@
 
 A stem4d file is what xarray writes for a Dataset or DataTree, plus a few root attrs:
 
-* ``stem4d_type``: ``"DataArray"``, ``"Dataset"`` or ``"DataTree"``, so that
+* ``stem4d_saved_as``: ``"DataArray"``, ``"Dataset"`` or ``"DataTree"``, so that
   :func:`stem4d.open` returns the kind of object that was saved;
-* ``stem4d_name``: the JSON-encoded name of a saved DataArray (or DataTree root);
+* ``stem4d_saved_name``: the JSON-encoded name of a saved DataArray (or DataTree root);
 * ``stem4d_version``: the version of stem4d that wrote the file.
 
 A DataArray is stored as the single data variable ``__stem4d_dataarray__`` of a
@@ -41,8 +41,8 @@ __all__ = ["save", "open_native", "read_root_attrs", "NETCDF_SUFFIXES", "ZARR_SU
 
 NETCDF_SUFFIXES = (".nc", ".h5", ".hdf5")
 ZARR_SUFFIXES = (".zarr",)
-TYPE_ATTR = "stem4d_type"
-NAME_ATTR = "stem4d_name"
+TYPE_ATTR = "stem4d_saved_as"
+NAME_ATTR = "stem4d_saved_name"
 VERSION_ATTR = "stem4d_version"
 JSON_ATTRS = "stem4d_json_attrs"
 DATAARRAY_VAR = "__stem4d_dataarray__"
