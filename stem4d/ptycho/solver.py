@@ -1,0 +1,494 @@
+"""Gradient-descent ptychography: :func:`reconstruct`.
+
+One iteration is one pass over all probe positions, in minibatches of a fixed size
+drawn in a random order (seeded by ``params.seed`` and the iteration number, so a
+resumed run draws the same batches). Each minibatch is one call of a single
+``jax.jit``-compiled step (``value_and_grad`` of the loss + the optax update, with the
+variables and optimizer state donated); the last minibatch of an iteration is padded
+with weight-0 entries so every call has the same shapes and the step compiles once.
+Constraints (probe-mode orthogonalization, fixed probe intensity, object amplitude
+range, positive phase) run between iterations in a second compiled function.
+
+Scaling: the measurements are multiplied by ``c = N² / mean_j Σ_k I_j(k)`` (N the
+detector size), so the mean pattern sums to N² and the probe has unit mean ``|ψ|²`` per
+window pixel; learning rates of the probe are relative to that. The result's probe is
+scaled back so that ``Σ_modes Σ_r |ψ|²`` equals the mean total intensity of a pattern.
+
+Everything lives on the default JAX device (or ``device``); nothing assumes a CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import xarray as xr
+from tqdm.auto import tqdm
+
+from ..datacube import electron_wavelength
+from . import result as _result
+from .model import ModelSpec, batch_loss, fixed_geometry, probe_complex
+from .optics import make_probe, probe_modes
+from .params import PtychoParams, ScanParams, load_params
+
+__all__ = ["reconstruct", "model_patterns", "scan_positions", "load_checkpoint"]
+
+_VARIABLES = ("object_amplitude", "object_phase", "probe", "positions")
+
+
+# -------------------------------------------------------------------- measurements
+def model_patterns(
+    measurements: Any, params: PtychoParams
+) -> tuple[np.ndarray, float]:
+    """Patterns as ``(n_positions, N, N)`` float32 (zero frequency at ``N//2``) and the
+    detector pixel size in 1/Å.
+
+    ``measurements``: a DataArray ``("scan", "qx", "qy")`` or a datacube
+    ``("rx", "ry", "qx", "qy")`` (scan order: ``rx`` slow), or a numpy/dask array of
+    either shape. The pixel size comes from calibrated ``qx``/``qy`` coordinates (1/Å or
+    mrad) or from ``params.detector``. Orientation: detector ``qx`` must be parallel to the
+    scan's ``rx`` and ``qy`` to ``ry`` (``scan_rotation = 0``, no flip); a cube that
+    says otherwise gets a warning.
+    """
+    lam = electron_wavelength(params.probe.beam_energy)
+    dk = None
+    if isinstance(measurements, xr.DataArray):
+        dims = measurements.dims
+        if dims == ("rx", "ry", "qx", "qy"):
+            arr = measurements.data.reshape(-1, *measurements.shape[2:])
+        elif dims == ("scan", "qx", "qy"):
+            arr = measurements.data
+        else:
+            raise ValueError("measurements must have dims ('scan', 'qx', 'qy') or "
+                             f"('rx', 'ry', 'qx', 'qy'), got {dims}")
+        rot = measurements.coords.get("scan_rotation")
+        flip = measurements.coords.get("scan_flip")
+        if (rot is not None and abs(float(rot)) > 1e-6) or (flip is not None and bool(flip)):
+            warnings.warn(
+                "measurements carry scan_rotation/scan_flip: the model assumes qx is parallel "
+                "to rx and qy to ry (rotation 0, no flip); reorient the patterns first "
+                "(stem4d.ptycho.measurements) or the reconstruction will fail",
+                UserWarning, stacklevel=3)
+        steps = []
+        for d in ("qx", "qy"):
+            c = measurements.coords.get(d)
+            units = c.attrs.get("units", "pixels") if c is not None else "pixels"
+            if c is None or units in ("pixels", "px") or c.size < 2:
+                steps = []
+                break
+            step = float(c.values[1] - c.values[0])
+            if units == "mrad":
+                step = step * 1e-3 / lam
+            elif units not in ("1/Å", "1/A", "A^-1"):
+                raise ValueError(f"measurements.{d} has units {units!r}; expected '1/Å', "
+                                 "'mrad' or 'pixels'")
+            steps.append(step)
+            centre = float(c.values[c.size // 2]) / (float(c.values[1] - c.values[0]))
+            if abs(centre) > 1.0:
+                warnings.warn(
+                    f"measurements.{d} = 0 is {centre:.2f} pixels away from the detector "
+                    f"centre (pixel {c.size // 2}) the model assumes; set the origin "
+                    "(stem4d.set_origin) or shift the patterns", UserWarning, stacklevel=3)
+        if steps:
+            if abs(steps[0] - steps[1]) > 1e-6 * abs(steps[0]):
+                raise ValueError(f"measurements need square detector pixels, got qx step "
+                                 f"{steps[0]:.6g} and qy step {steps[1]:.6g} 1/Å")
+            dk = steps[0]
+    else:
+        arr = measurements
+        if arr.ndim == 4:
+            arr = arr.reshape(-1, *arr.shape[2:])
+        elif arr.ndim != 3:
+            raise ValueError("measurements must be 3-D (scan, qx, qy) or 4-D (rx, ry, qx, qy), "
+                             f"got shape {tuple(arr.shape)}")
+    data = np.asarray(arr, dtype=np.float32)
+    n_scan, nx, ny = data.shape
+    if nx != ny:
+        raise ValueError(f"measurements must have square patterns, got {nx} x {ny}")
+    if params.detector.shape is not None and params.detector.shape != nx:
+        raise ValueError(f"detector.shape = {params.detector.shape} but the patterns are "
+                         f"{nx} x {ny} pixels")
+    if n_scan != params.scan.count:
+        raise ValueError(f"measurements hold {n_scan} patterns but scan.shape = "
+                         f"{tuple(params.scan.shape)} gives {params.scan.count} positions")
+    if not np.all(np.isfinite(data)):
+        raise ValueError("measurements contain NaN or infinite values")
+    if np.any(data < 0):
+        raise ValueError("measurements contain negative values; remove them first "
+                         "(stem4d.ptycho.measurements)")
+    if params.detector.pixel_size is not None:
+        given = params.detector.pixel_size
+        if params.detector.pixel_units == "mrad":
+            given = given * 1e-3 / lam
+        if dk is not None and abs(given - dk) > 1e-3 * dk:
+            raise ValueError(f"detector.pixel_size ({given:.6g} 1/Å) disagrees with the "
+                             f"measurements' qx/qy coordinates ({dk:.6g} 1/Å)")
+        dk = given
+    if dk is None:
+        raise ValueError("the detector pixel size is unknown: calibrate the qx/qy "
+                         "coordinates of the measurements (1/Å or mrad) or set "
+                         "detector.pixel_size")
+    return data, float(dk)
+
+
+def scan_positions(scan: ScanParams, pixel_size: float, seed: int) -> np.ndarray:
+    """Initial probe positions ``(n, 2)`` (row, column) in Å, scan frame.
+
+    A raster ``(i · step_slow, j · step_fast)`` transformed about its centre by the
+    affine ``[scale, asymmetry, rotation°, shear°]`` (see :class:`ScanParams`), plus
+    Gaussian jitter of ``scan.jitter`` pixels (``pixel_size`` Å); or the given positions
+    (plus jitter).
+    """
+    if scan.positions is not None:
+        pos = np.asarray(scan.positions, dtype=float)
+    else:
+        s0, s1 = scan.step_pair()
+        ii, jj = np.meshgrid(np.arange(scan.shape[0]), np.arange(scan.shape[1]), indexing="ij")
+        pos = np.stack([ii.ravel() * s0, jj.ravel() * s1], axis=1)
+        scale, asym, rot, shear = scan.affine
+        if (scale, asym, rot, shear) != (1.0, 0.0, 0.0, 0.0):
+            r, sh = math.radians(rot), math.radians(shear)
+            m = (scale * np.diag([1 + asym / 2, 1 - asym / 2])
+                 @ np.array([[math.cos(r), -math.sin(r)], [math.sin(r), math.cos(r)]])
+                 @ np.array([[1.0, 0.0], [math.tan(sh), 1.0]]))
+            centre = pos.mean(axis=0)
+            pos = (pos - centre) @ m.T + centre
+    if scan.jitter > 0:
+        pos = pos + np.random.default_rng([seed, 1]).normal(0, scan.jitter * pixel_size,
+                                                            pos.shape)
+    return pos
+
+
+# ------------------------------------------------------------------- optimization
+def _optimizer(params: PtychoParams) -> optax.GradientTransformation:
+    factory = getattr(optax, params.solver.optimizer)
+    transforms = {}
+    for name in _VARIABLES:
+        lr = getattr(params.solver.update, name).learning_rate
+        transforms[name] = (factory(learning_rate=lr, **params.solver.optimizer_kwargs)
+                            if lr > 0 else optax.set_to_zero())
+    return optax.multi_transform(transforms, {name: name for name in _VARIABLES})
+
+
+def _make_step(spec: ModelSpec, opt: optax.GradientTransformation):
+    def step(variables, opt_state, index, weight, active, targets, geometry):
+        loss, grads = jax.value_and_grad(batch_loss)(variables, index, weight, targets, spec,
+                                                     geometry)
+        grads = {k: g * active[k].astype(g.dtype) for k, g in grads.items()}
+        updates, opt_state = opt.update(grads, opt_state, variables)
+        updates = {k: u * active[k].astype(u.dtype) for k, u in updates.items()}
+        return optax.apply_updates(variables, updates), opt_state, loss
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def _make_constraints(spec: ModelSpec, probe_total: float):
+    def constrain(variables, ortho: bool, fix: bool, amp_range, positive: bool):
+        out = dict(variables)
+        probe = probe_complex(variables)
+        if ortho and spec.probe_modes > 1:
+            flat = probe.reshape(spec.probe_modes, -1)
+            _, s, vh = jnp.linalg.svd(flat, full_matrices=False)
+            probe = (s[:, None] * vh).reshape(probe.shape)
+        if fix:
+            total = jnp.sum(jnp.abs(probe) ** 2)
+            probe = probe * jnp.sqrt(probe_total / total)
+        if ortho or fix:
+            out["probe"] = jnp.stack([jnp.real(probe), jnp.imag(probe)]).astype(
+                variables["probe"].dtype)
+        if amp_range is not None:
+            out["object_amplitude"] = jnp.clip(variables["object_amplitude"], *amp_range)
+        if positive:
+            out["object_phase"] = jnp.maximum(variables["object_phase"], 0.0)
+        return out
+
+    return jax.jit(constrain, static_argnums=(1, 2, 3, 4), donate_argnums=(0,))
+
+
+# ------------------------------------------------------------------- checkpoints
+def _write_checkpoint(path: Path, variables: dict, opt_state: Any, iteration: int,
+                      losses: list[float], params: PtychoParams) -> None:
+    leaves = jax.tree_util.tree_leaves(opt_state)
+    arrays = {f"var_{k}": np.asarray(v) for k, v in variables.items()}
+    arrays.update({f"opt_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)})
+    tmp = path.with_name(f".{path.name}.partial.npz")
+    np.savez(tmp, iteration=np.int64(iteration), loss=np.asarray(losses, dtype=np.float64),
+             seed=np.int64(params.seed), n_opt=np.int64(len(leaves)),
+             params=np.asarray(params.to_json()), **arrays)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Contents of a checkpoint: ``iteration`` (next to run), ``loss`` history,
+    ``seed``, ``params`` (JSON text), ``variables`` (dict of arrays), ``opt_leaves``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    with np.load(path) as f:
+        n_opt = int(f["n_opt"])
+        return {
+            "iteration": int(f["iteration"]),
+            "loss": f["loss"].tolist(),
+            "seed": int(f["seed"]),
+            "params": str(f["params"]),
+            "variables": {k: f[f"var_{k}"] for k in _VARIABLES},
+            "opt_leaves": [f[f"opt_{i}"] for i in range(n_opt)],
+        }
+
+
+# ------------------------------------------------------------------------ driver
+def _due(every: int, iteration: int) -> bool:
+    """Whether a constraint applied every ``every`` iterations runs after ``iteration``."""
+    return every > 0 and (iteration + 1) % every == 0
+
+
+def _init_array(init: Any, key: str) -> np.ndarray | None:
+    if init is None:
+        return None
+    if isinstance(init, xr.DataTree):
+        try:
+            node = {"object": "object", "probe": "probe", "positions": "positions"}[key]
+            ds = init[node].to_dataset()
+        except KeyError:
+            return None
+        if key == "object":
+            return np.asarray(ds["amplitude"] * np.exp(1j * ds["phase"]))
+        return np.asarray(ds[key])
+    value = init.get(key) if isinstance(init, Mapping) else None
+    return None if value is None else np.asarray(value)
+
+
+def reconstruct(
+    measurements: Any,
+    params: PtychoParams | Mapping[str, Any] | str | os.PathLike,
+    *,
+    init: Mapping[str, Any] | xr.DataTree | None = None,
+    progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    device: Any = None,
+    callback: Callable[[int, float, xr.DataArray], Any] | None = None,
+) -> xr.DataTree:
+    """Reconstruct object and probe from ptychographic diffraction patterns.
+
+    Parameters
+    ----------
+    measurements
+        Preprocessed patterns (counts, non-negative): DataArray ``("scan", "qx", "qy")``
+        or ``("rx", "ry", "qx", "qy")``, or an array; zero frequency at pixel ``N//2``,
+        ``qx`` parallel to the scan's ``rx``. Scan order is slow-major (``rx`` rows).
+        All patterns are loaded into memory (every iteration needs all of them).
+    params
+        :class:`PtychoParams`, a dict, or a YAML/JSON path (:func:`load_params`).
+    init
+        Optional starting values: a dict with ``probe`` (complex ``(M, N, N)``, any
+        scale: rescaled to the data), ``object`` (complex ``(O, S, H, W)`` or ``(H, W)``)
+        and/or ``positions`` (``(n, 2)`` Å, scan frame), or a previous result DataTree.
+    progress
+        Show a tqdm progress bar with the loss.
+    checkpoint
+        A checkpoint file written by an earlier run (``params.checkpoint``) to resume
+        from: the run continues exactly as if it had not stopped.
+    device
+        JAX device for the state (default: JAX's default device).
+    callback
+        Called after every iteration as ``callback(iteration, loss, phase)`` with the
+        1-based iteration, its mean loss and the object phase (rad) of object mode 0
+        summed over slices, a ``(rx, ry)`` DataArray in Å (scan frame). Copies the phase
+        to the host each iteration: for monitoring and benchmarks (its time is counted in
+        ``seconds_per_iteration``).
+
+    Returns
+    -------
+    DataTree (see :func:`stem4d.ptycho.result.make_result`); also written to
+    ``params.output.directory`` when that is set.
+    """
+    params = load_params(params)
+    t_start = time.perf_counter()
+    data, dk = model_patterns(measurements, params)
+    n_scan, n, _ = data.shape
+    lam = float(electron_wavelength(params.probe.beam_energy))
+    dx = 1.0 / (n * dk)
+
+    # positions (Å, scan frame) -> probe-window corners on the object grid (pixels)
+    pos_a = _init_array(init, "positions")
+    if pos_a is None:
+        pos_a = scan_positions(params.scan, dx, params.seed)
+    elif pos_a.shape != (n_scan, 2):
+        raise ValueError(f"init positions must have shape ({n_scan}, 2), got {pos_a.shape}")
+    margin = params.object.margin
+    offset = margin + n // 2 - np.floor(pos_a.min(axis=0) / dx)  # pixel of scan-frame 0
+    corners = pos_a / dx + offset - n // 2
+    need = (int(np.ceil(corners[:, 0].max())) + n + margin,
+            int(np.ceil(corners[:, 1].max())) + n + margin)
+    obj_shape = tuple(params.object.shape) if params.object.shape else need
+    if obj_shape[0] < need[0] or obj_shape[1] < need[1]:
+        raise ValueError(f"object.shape {obj_shape} is too small for the scan and probe "
+                         f"window: needs at least {need} pixels")
+    n_om, n_sl = params.object.modes, params.object.slices
+
+    # measurements scaled to a mean pattern sum of N^2, unshifted FFT order
+    mean_total = float(np.mean(np.sum(data, axis=(1, 2), dtype=np.float64)))
+    if mean_total <= 0:
+        raise ValueError("measurements are all zero")
+    scale = n * n / mean_total
+    scaled = np.fft.ifftshift(data * np.float32(scale), axes=(-2, -1))
+    targets = np.sqrt(scaled) if params.solver.loss == "amplitude" else scaled
+
+    # probe
+    powers = params.probe.powers()
+    probe0 = _init_array(init, "probe")
+    if probe0 is None:
+        if params.probe.source == "given":
+            raise ValueError("probe.source = 'given' needs init={'probe': ...}")
+        main = make_probe((n, n), dx, beam_energy=params.probe.beam_energy,
+                          convergence_semiangle=params.probe.convergence_semiangle,
+                          aberrations=params.probe.aberrations, angle_units="rad",
+                          soft_edge=params.probe.soft_aperture_edge)
+        probe0 = probe_modes(main, powers)
+    else:
+        probe0 = np.asarray(probe0, dtype=complex)
+        if probe0.ndim == 2:
+            probe0 = probe_modes(probe0, powers)
+        if probe0.shape != (params.probe.modes, n, n):
+            raise ValueError(f"init probe must have shape ({params.probe.modes}, {n}, {n}) "
+                             f"(probe.modes, detector, detector), got {probe0.shape}")
+    probe0 = probe0 * np.sqrt(n * n / np.sum(np.abs(probe0) ** 2))
+
+    obj0 = _init_array(init, "object")
+    if obj0 is None:
+        obj0 = np.ones((n_om, n_sl, *obj_shape), dtype=complex)
+    else:
+        obj0 = np.asarray(obj0, dtype=complex)
+        if obj0.ndim == 2:
+            obj0 = np.broadcast_to(obj0, (n_om, n_sl, *obj0.shape))
+        if obj0.shape != (n_om, n_sl, *obj_shape):
+            raise ValueError(f"init object must have shape {(n_om, n_sl, *obj_shape)} "
+                             f"(object modes, slices, rows, columns), got {obj0.shape}")
+
+    spec = ModelSpec(
+        window=n, object_shape=obj_shape, probe_modes=params.probe.modes, object_modes=n_om,
+        slices=n_sl, occupancies=tuple(params.object.occupancy()), wavelength=lam,
+        pixel_size=dx, slice_thickness=float(params.object.slice_thickness or 0.0),
+        loss=params.solver.loss, train_positions=params.solver.update.positions.learning_rate > 0,
+    )
+    put = (lambda x: jax.device_put(x, device)) if device is not None else jax.device_put
+    variables = {
+        "object_amplitude": put(np.abs(obj0).astype(np.float32)),
+        "object_phase": put(np.angle(obj0).astype(np.float32)),
+        "probe": put(np.stack([probe0.real, probe0.imag]).astype(np.float32)),
+        "positions": put(corners.astype(np.float32)),
+    }
+    opt = _optimizer(params)
+    opt_state = jax.jit(opt.init)(variables)  # one compilation instead of one per leaf
+    start, losses = 0, []
+    if checkpoint is not None:
+        ck = load_checkpoint(checkpoint)
+        for k in _VARIABLES:
+            if ck["variables"][k].shape != variables[k].shape:
+                raise ValueError(f"checkpoint {checkpoint}: {k} has shape "
+                                 f"{ck['variables'][k].shape}, this run needs "
+                                 f"{variables[k].shape}")
+        variables = {k: put(ck["variables"][k]) for k in _VARIABLES}
+        treedef = jax.tree_util.tree_structure(opt_state)
+        if treedef.num_leaves != len(ck["opt_leaves"]):
+            raise ValueError(f"checkpoint {checkpoint} holds another optimizer state "
+                             "(optimizer or learning rates differ)")
+        opt_state = jax.tree_util.tree_unflatten(treedef, [put(a) for a in ck["opt_leaves"]])
+        start, losses = ck["iteration"], list(ck["loss"])
+    targets_dev = put(targets.astype(np.float32))
+    geometry = None
+    if not spec.train_positions:  # positions fixed: shift ramps computed once, on the host
+        geometry = {k: put(v) for k, v in fixed_geometry(corners.astype(np.float32), n).items()}
+
+    step = _make_step(spec, opt)
+    cons = params.solver.constraints
+    constrain = _make_constraints(spec, float(n * n))
+    ck_every = params.checkpoint.every
+    ck_path = None
+    if ck_every > 0:
+        if params.checkpoint.path:
+            ck_path = Path(params.checkpoint.path)
+        elif params.output.directory:
+            ck_path = Path(params.output.directory) / "checkpoint.npz"
+        else:
+            raise ValueError("checkpoint.every > 0 needs checkpoint.path or output.directory")
+        ck_path.parent.mkdir(parents=True, exist_ok=True)
+
+    bs = min(params.solver.batch_size, n_scan)
+    n_batches = -(-n_scan // bs)
+    total = params.solver.iterations
+    times: list[float] = []
+    compile_s = None
+    bar = tqdm(total=total, initial=min(start, total), disable=not progress, desc="ptycho",
+               unit="it")
+    amp_range = tuple(cons.object_amplitude_range) if cons.object_amplitude_range else None
+    for it in range(start, total):
+        t0 = time.perf_counter()
+        order = np.random.default_rng([params.seed, 2, it]).permutation(n_scan)
+        padded = np.zeros(n_batches * bs, dtype=np.int32)
+        padded[:n_scan] = order
+        weight = np.zeros(n_batches * bs, dtype=np.float32)
+        weight[:n_scan] = 1.0
+        active = {k: jnp.asarray(getattr(params.solver.update, k).active(it))
+                  for k in _VARIABLES}
+        batch_losses = []
+        for b in range(n_batches):
+            sl = slice(b * bs, (b + 1) * bs)
+            w = weight[sl]
+            variables, opt_state, loss = step(variables, opt_state, padded[sl], w, active,
+                                              targets_dev, geometry)
+            batch_losses.append(loss)
+            if compile_s is None:
+                loss.block_until_ready()
+                compile_s = time.perf_counter() - t0
+        ortho = _due(cons.orthogonalize_probe_modes, it)
+        fix = _due(cons.fix_probe_intensity, it)
+        if ortho or fix or amp_range is not None or cons.positive_phase:
+            variables = constrain(variables, bool(ortho and spec.probe_modes > 1), fix,
+                                  amp_range, cons.positive_phase)
+        counts = weight.reshape(n_batches, bs).sum(axis=1)
+        losses.append(float(np.dot(np.asarray(jax.device_get(batch_losses)), counts)) / n_scan)
+        times.append(time.perf_counter() - t0)
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.4g}")
+        if callback is not None:
+            ph = np.asarray(jnp.sum(variables["object_phase"][0], axis=0))
+            coords = {d: (d, (np.arange(ph.shape[i]) - offset[i]) * dx, {"units": "Å"})
+                      for i, d in enumerate(("rx", "ry"))}
+            callback(it + 1, losses[-1], xr.DataArray(ph, dims=("rx", "ry"), coords=coords,
+                                                      attrs={"units": "rad"}))
+        if ck_path is not None and ((it + 1) % ck_every == 0 or it + 1 == total):
+            _write_checkpoint(ck_path, variables, opt_state, it + 1, losses, params)
+    bar.close()
+
+    host = {k: np.asarray(v) for k, v in variables.items()}
+    probe = (host["probe"][0] + 1j * host["probe"][1]) / math.sqrt(scale)
+    centres_a = (host["positions"].astype(float) + n // 2 - offset) * dx
+    steady = times[1:] if len(times) > 1 else times
+    info = {
+        "wavelength": lam, "pixel_size": dx, "detector_pixel_size": dk,
+        "intensity_scale": scale, "iterations_run": len(times),
+        "seconds_per_iteration": float(np.median(steady)) if steady else float("nan"),
+        "first_step_seconds": float(compile_s) if compile_s is not None else float("nan"),
+        "total_seconds": time.perf_counter() - t_start,
+        "device": str(next(iter(variables["probe"].devices()))),
+    }
+    out = _result.make_result(
+        amplitude=host["object_amplitude"], phase=host["object_phase"], probe=probe,
+        positions=centres_a, initial_positions=pos_a, object_offset=tuple(offset),
+        pixel_size=dx, slice_thickness=spec.slice_thickness, loss=losses,
+        params_json=params.to_json(), info=info,
+    )
+    if params.output.directory:
+        _result.write_outputs(out, params.output.directory, name=params.output.name,
+                              figures=params.output.figures)
+    return out

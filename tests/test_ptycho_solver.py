@@ -1,0 +1,250 @@
+"""stem4d.ptycho model, solver and result: gradients, forward model, reconstruction, resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import stem4d as s4
+
+jax = pytest.importorskip("jax")
+jnp = jax.numpy
+
+from stem4d.ptycho import model as M  # noqa: E402
+from stem4d.ptycho.result import plot_loss, plot_object_phase, write_outputs  # noqa: E402
+from stem4d.ptycho.simulate import phase_ncc, simulate_ptychography  # noqa: E402
+from stem4d.ptycho.solver import load_checkpoint, reconstruct  # noqa: E402
+
+
+def _params(scan, step, defocus, **solver):
+    return {
+        "probe": {"beam_energy": 300e3, "convergence_semiangle": 20.0,
+                  "aberrations": {"defocus": defocus}},
+        "scan": {"shape": list(scan), "step": step},
+        "solver": {"iterations": 20, "batch_size": 16, **solver},
+    }
+
+
+@pytest.fixture(scope="module")
+def sim16():
+    """16 x 16 scan (1 Å steps) of 48 x 48 patterns, probe ~6 Å across, noise-free."""
+    return simulate_ptychography((16, 16), 48, step=1.0, defocus=150.0)
+
+
+@pytest.fixture(scope="module")
+def recon16(sim16):
+    patterns, _ = sim16
+    return reconstruct(patterns, _params((16, 16), 1.0, 150.0), progress=False)
+
+
+@pytest.fixture(scope="module")
+def sim8():
+    return simulate_ptychography((8, 8), 32, step=1.2, defocus=100.0, seed=3)
+
+
+# ----------------------------------------------------------------------------- model
+def _truth_variables(patterns, truth, slices=1):
+    n = patterns.sizes["qx"]
+    dx = truth.attrs["pixel_size"]
+    origin_px = -float(truth.rx[0]) / dx
+    corners = truth.positions.values / dx + origin_px - n // 2
+    phase = truth.phase.values / slices
+    variables = {
+        "object_amplitude": jnp.ones((1, slices, *phase.shape), jnp.float32),
+        "object_phase": jnp.asarray(np.broadcast_to(phase, (1, slices, *phase.shape)),
+                                    jnp.float32),
+        "probe": jnp.asarray(np.stack([truth.probe.values.real, truth.probe.values.imag])[:, None],
+                             jnp.float32),
+        "positions": jnp.asarray(corners, jnp.float32),
+    }
+    return variables, corners
+
+
+@pytest.mark.parametrize("slices", [1, 2])
+def test_forward_model_matches_independent_numpy_simulation(slices):
+    patterns, truth = simulate_ptychography((5, 6), 32, step=1.3, defocus=80.0, slices=slices,
+                                            slice_thickness=3.0, seed=1)
+    variables, corners = _truth_variables(patterns, truth, slices)
+    spec = M.ModelSpec(window=32, object_shape=truth.phase.shape, slices=slices,
+                       wavelength=truth.attrs["wavelength"], pixel_size=truth.attrs["pixel_size"],
+                       slice_thickness=3.0)
+    model = np.asarray(M.intensities(variables, jnp.asarray(corners, jnp.float32), spec))
+    electrons = 1e4 * 1.3 * 1.3  # the simulator's noise-free scale
+    measured = np.fft.ifftshift(patterns.values / electrons, axes=(-2, -1))
+    np.testing.assert_allclose(model, measured, atol=2e-5 * measured.max())
+    # precomputed shift ramps (fixed positions) give the same patterns
+    geo = {k: jnp.asarray(v) for k, v in M.fixed_geometry(corners, 32).items()}
+    again = M.intensities(variables, geo["base"], spec, (geo["rx"], geo["ry"]))
+    np.testing.assert_allclose(np.asarray(again), model, atol=1e-6 * model.max())
+
+
+@pytest.mark.parametrize("loss", ["amplitude", "poisson"])
+def test_gradients_match_finite_differences(loss):
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        rng = np.random.default_rng(7)
+        n, shape = 8, (15, 14)
+        spec = M.ModelSpec(window=n, object_shape=shape, probe_modes=2, object_modes=2,
+                           slices=2, occupancies=(0.6, 0.4), wavelength=0.0197,
+                           pixel_size=0.3, slice_thickness=4.0, loss=loss,
+                           train_positions=True)
+        variables = {
+            "object_amplitude": jnp.asarray(1 + 0.1 * rng.normal(size=(2, 2, *shape))),
+            "object_phase": jnp.asarray(0.3 * rng.normal(size=(2, 2, *shape))),
+            "probe": jnp.asarray(rng.normal(size=(2, 2, n, n))),
+            "positions": jnp.asarray(rng.integers(0, 5, (4, 2)) + rng.uniform(0.2, 0.8, (4, 2))),
+        }
+        targets = jnp.asarray(rng.uniform(0.1, 2.0, (4, n, n)))
+        index = jnp.asarray([2, 0, 3, 1])
+        weight = jnp.asarray([1.0, 1.0, 1.0, 0.0])  # one padded entry
+
+        @jax.jit
+        def f(v):
+            return M.batch_loss(v, index, weight, targets, spec)
+
+        grads = jax.grad(f)(variables)
+        h = 1e-6
+        for name in variables:
+            d = {k: jnp.zeros_like(v) for k, v in variables.items()}
+            d[name] = jnp.asarray(rng.normal(size=variables[name].shape))
+            plus = f({k: variables[k] + h * d[k] for k in variables})
+            minus = f({k: variables[k] - h * d[k] for k in variables})
+            numeric = float((plus - minus) / (2 * h))
+            analytic = float(jnp.sum(grads[name] * d[name]))
+            assert analytic == pytest.approx(numeric, rel=1e-6, abs=1e-12), name
+        # the padded entry (index 1) has no influence
+        assert float(jnp.abs(grads["positions"][1]).max()) == 0.0
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+
+
+# ---------------------------------------------------------------------- reconstruction
+def test_reconstruction_recovers_the_phase(sim16, recon16):
+    _, truth = sim16
+    loss = recon16["loss"]["loss"].values
+    assert loss.shape == (20,) and loss[-1] < 0.05 * loss[0]
+    phase = recon16["object"]["phase"].isel(object_mode=0, slice=0)
+    ncc = phase_ncc(phase, truth.phase, region=(0.0, 15.0, 0.0, 15.0))
+    assert ncc >= 0.95, ncc
+    # positions come back in Å in the scan frame
+    pos = recon16["positions"]["positions"].values
+    np.testing.assert_allclose(pos, truth.positions.values, atol=1e-4)
+
+
+def test_result_layout_save_and_figures(recon16, tmp_path):
+    tree = recon16
+    obj = tree["object"].to_dataset()
+    assert obj.phase.dims == ("object_mode", "slice", "rx", "ry")
+    assert obj.rx.attrs["units"] == "Å" and obj.phase.attrs["units"] == "rad"
+    probe = tree["probe"].to_dataset()
+    assert probe.probe.dtype == np.complex64 and float(probe.power.sum()) == pytest.approx(1.0)
+    # probe scaled back to the data: sum |psi|^2 = mean counts per pattern (1e4 e/Å^2 x 1 Å^2)
+    assert float(np.sum(np.abs(probe.probe.values) ** 2)) == pytest.approx(1e4, rel=1e-3)
+    params = s4.ptycho.load_params(__import__("json").loads(tree.attrs["params"]))
+    assert params.scan.shape == (16, 16)
+    assert tree.attrs["seconds_per_iteration"] > 0
+    paths = write_outputs(tree, tmp_path / "out", name="run")
+    back = s4.open(paths["result"])
+    assert isinstance(back, xr.DataTree)
+    np.testing.assert_array_equal(back["probe"]["probe"].values, probe.probe.values)
+    np.testing.assert_array_equal(back["object"]["phase"].values, obj.phase.values)
+    for key in ("object_phase", "probe_modes", "loss"):
+        assert paths[key].stat().st_size > 1000
+    fig = plot_object_phase(tree)
+    assert fig.axes and plot_loss(tree).axes
+
+
+def test_checkpoint_resume_continues_exactly(sim8, tmp_path):
+    patterns, _ = sim8
+    cube = patterns.data.reshape(8, 8, 32, 32)
+    cube = s4.datacube(cube, q_step=float(patterns.qx[1] - patterns.qx[0]), q_units="1/Å",
+                       origin=(16, 16))
+    base = _params((8, 8), 1.2, 100.0, iterations=4, batch_size=24)
+    base["probe"]["modes"] = 2
+    base["solver"]["update"] = {"probe": {"learning_rate": 1e-2, "start_iteration": 1}}
+    straight = reconstruct(cube, base, progress=False)
+    first = dict(base, solver=dict(base["solver"], iterations=2),
+                 checkpoint={"every": 2, "path": str(tmp_path / "ck.npz")})
+    reconstruct(cube, first, progress=False)
+    ck = load_checkpoint(tmp_path / "ck.npz")
+    assert ck["iteration"] == 2 and len(ck["loss"]) == 2
+    resumed = reconstruct(cube, base, progress=False, checkpoint=tmp_path / "ck.npz")
+    np.testing.assert_allclose(resumed["loss"]["loss"].values, straight["loss"]["loss"].values,
+                               rtol=1e-6)
+    for node, var in (("object", "phase"), ("object", "amplitude"), ("probe", "probe")):
+        np.testing.assert_allclose(resumed[node][var].values, straight[node][var].values,
+                                   rtol=1e-5, atol=1e-6)
+    # two probe modes, kept orthogonal by the constraint
+    modes = straight["probe"]["probe"].values
+    gram = np.einsum("mxy,nxy->mn", modes.conj(), modes)
+    assert abs(gram[0, 1]) < 1e-4 * abs(gram[0, 0])
+
+
+def test_poisson_loss_decreases(sim8):
+    patterns, _ = sim8
+    out = reconstruct(patterns, _params((8, 8), 1.2, 100.0, iterations=4, loss="poisson",
+                                        optimizer="adam"), progress=False)
+    loss = out["loss"]["loss"].values
+    assert np.all(np.diff(loss) < 0)
+
+
+def test_bad_measurements_are_refused(sim8):
+    patterns, _ = sim8
+    params = _params((8, 8), 1.2, 100.0, iterations=1)
+    with pytest.raises(ValueError, match="hold 63 patterns but scan.shape = .8, 8. gives 64"):
+        reconstruct(patterns.isel(scan=slice(0, 63)), params, progress=False)
+    with pytest.raises(ValueError, match="detector pixel size is unknown"):
+        reconstruct(patterns.values, params, progress=False)
+    with pytest.raises(ValueError, match="dims .'scan', 'qx', 'qy'."):
+        reconstruct(patterns.rename(scan="n"), params, progress=False)
+    params["detector"] = {"shape": 64}
+    with pytest.raises(ValueError, match="detector.shape = 64 but the patterns are 32 x 32"):
+        reconstruct(patterns, params, progress=False)
+
+
+@pytest.mark.slow
+def test_reconstruction_larger_scan_reaches_098():
+    patterns, truth = simulate_ptychography((24, 24), 64, step=1.0, defocus=200.0, seed=5)
+    out = reconstruct(patterns, _params((24, 24), 1.0, 200.0, iterations=20, batch_size=32),
+                      progress=False)
+    phase = out["object"]["phase"].isel(object_mode=0, slice=0)
+    assert phase_ncc(phase, truth.phase, region=(0.0, 23.0, 0.0, 23.0)) >= 0.98
+
+
+def test_scan_positions_affine_jitter_and_given():
+    from stem4d.ptycho.params import ScanParams
+    from stem4d.ptycho.solver import scan_positions
+
+    raster = scan_positions(ScanParams(shape=(3, 4), step=(1.0, 2.0)), 0.2, seed=0)
+    assert raster.shape == (12, 2)
+    np.testing.assert_allclose(raster[:5], [[0, 0], [0, 2], [0, 4], [0, 6], [1, 0]])
+    # rotation by 90° about the raster centre (1, 3): (row, col) offsets (dr, dc) -> (-dc, dr)
+    rot = scan_positions(ScanParams(shape=(3, 4), step=(1.0, 2.0), affine=(1, 0, 90, 0)),
+                         0.2, seed=0)
+    np.testing.assert_allclose(rot[0], [1 + 3, 3 - 1], atol=1e-12)
+    scaled = scan_positions(ScanParams(shape=(3, 4), step=1.0, affine=(2, 0, 0, 0)), 0.2, 0)
+    np.testing.assert_allclose(np.ptp(scaled, axis=0), [4.0, 6.0])
+    jit1 = scan_positions(ScanParams(shape=(3, 4), step=1.0, jitter=0.5), 0.2, seed=4)
+    jit2 = scan_positions(ScanParams(shape=(3, 4), step=1.0, jitter=0.5), 0.2, seed=4)
+    np.testing.assert_array_equal(jit1, jit2)
+    assert 0.02 < np.std(jit1 - scan_positions(ScanParams(shape=(3, 4), step=1.0), 0.2, 4)) < 0.2
+    given = [(0.5 * i, -0.3 * i) for i in range(6)]
+    np.testing.assert_allclose(scan_positions(ScanParams(shape=(2, 3), positions=given), 0.2, 0),
+                               given)
+
+
+def test_multislice_object_modes_and_position_updates_run(sim8):
+    patterns, _ = sim8
+    params = _params((8, 8), 1.2, 100.0, iterations=2, batch_size=20)
+    params["object"] = {"slices": 2, "slice_thickness": 5.0, "modes": 2,
+                        "occupancies": [0.7, 0.3]}
+    params["solver"]["update"] = {"positions": {"learning_rate": 0.05}}
+    params["scan"]["jitter"] = 0.1
+    out = reconstruct(patterns, params, progress=False)
+    assert out["object"]["phase"].shape[:2] == (2, 2)
+    np.testing.assert_allclose(out["object"]["z"].values, [0.0, 5.0])
+    moved = out["positions"]["positions"].values - out["positions"]["initial_positions"].values
+    assert 0 < np.abs(moved).max() < 1.0
+    assert np.all(np.isfinite(out["loss"]["loss"].values))
