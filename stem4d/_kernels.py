@@ -251,3 +251,118 @@ def integer_shift_stack(patterns: np.ndarray, shifts: np.ndarray) -> np.ndarray:
         rows = np.flatnonzero(inverse == u)
         out[rows] = np.roll(patterns[rows], (int(dx), int(dy)), axis=(1, 2))
     return out
+
+
+# ------------------------------------------------- subpixel cross-correlation peaks
+_XCORR_BLOCK_BYTES = 32 * 2**20
+
+
+def parabolic_vertex(fm: np.ndarray, f0: np.ndarray, fp: np.ndarray) -> np.ndarray:
+    """Vertex offset of the parabola through ``(-1, fm), (0, f0), (1, fp)``.
+
+    Clipped to ±0.5; 0 where the three points do not make a maximum.
+    """
+    denom = fm - 2.0 * f0 + fp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        delta = np.where(denom < 0, 0.5 * (fm - fp) / denom, 0.0)
+    return np.clip(np.nan_to_num(delta), -0.5, 0.5)
+
+
+def reference_spectrum(ref: np.ndarray, dtype: np.dtype = np.float32) -> np.ndarray:
+    """``conj(rfft2(ref))``: the reference of :func:`xcorr_peaks`, computed once."""
+    return np.conj(scipy.fft.rfft2(np.asarray(ref, dtype=dtype)))
+
+
+def _upsampled_peaks(spec: np.ndarray, sx: np.ndarray, sy: np.ndarray, shape: tuple[int, int],
+                     upsample: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Refine integer correlation peaks ``(sx, sy)`` on a grid ``1/upsample`` pixel fine.
+
+    The correlation is evaluated from its half spectrum ``spec`` ``(n, nx, ny//2+1)`` by
+    a matrix DFT at ``s + o`` for offsets ``o`` within ±1 pixel; the finest-grid maximum
+    is then refined by a parabola. Returns the shifts and the peak values.
+    """
+    nx, ny = shape
+    n = spec.shape[0]
+    offs = np.arange(-upsample, upsample + 1) / upsample  # (m,)
+    kx = np.fft.fftfreq(nx)  # cycles / pixel
+    ky = np.fft.rfftfreq(ny)
+    hermitian = np.full(ky.size, 2.0)  # the half spectrum stands for both halves
+    hermitian[0] = 1.0
+    if ny % 2 == 0:
+        hermitian[-1] = 1.0
+    ctype = np.complex128 if spec.dtype == np.complex128 else np.complex64
+    ex = np.exp(2j * np.pi * (sx[:, None, None] + offs[None, :, None]) * kx).astype(ctype)
+    ey = (np.exp(2j * np.pi * ky[None, :, None] * (sy[:, None, None] + offs[None, None, :]))
+          * hermitian[None, :, None]).astype(ctype)
+    fine = np.matmul(np.matmul(ex, spec), ey).real / (nx * ny)  # (n, m, m)
+    m = offs.size
+    a, b = np.divmod(fine.reshape(n, -1).argmax(axis=1), m)
+    rows = np.arange(n)
+    peak = fine[rows, a, b].astype(np.float64)
+    am, ap = np.clip(a - 1, 0, m - 1), np.clip(a + 1, 0, m - 1)
+    bm, bp = np.clip(b - 1, 0, m - 1), np.clip(b + 1, 0, m - 1)
+    da_ = np.where((a > 0) & (a < m - 1),
+                   parabolic_vertex(fine[rows, am, b], peak, fine[rows, ap, b]), 0.0)
+    db_ = np.where((b > 0) & (b < m - 1),
+                   parabolic_vertex(fine[rows, a, bm], peak, fine[rows, a, bp]), 0.0)
+    return sx + offs[a] + da_ / upsample, sy + offs[b] + db_ / upsample, peak
+
+
+def xcorr_peaks(
+    patterns: np.ndarray,
+    ref_spectrum: np.ndarray,
+    *,
+    subpixel: bool = True,
+    upsample: int = 16,
+    workers: int = -1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shift of each pattern relative to a reference, by periodic cross-correlation.
+
+    Parameters
+    ----------
+    patterns
+        ``(N, nx, ny)`` stack (float32 work; float64 input stays float64).
+    ref_spectrum
+        :func:`reference_spectrum` of the reference ``(nx, ny)``.
+    subpixel
+        Refine the integer peak: with ``upsample > 1`` by a matrix DFT of the
+        cross-power spectrum on a grid ``1/upsample`` pixel fine over ±1 pixel, then a
+        parabola through the best grid point; with ``upsample == 1`` by a parabola
+        through the integer correlation.
+    workers
+        Threads of each FFT call (1 inside dask tasks).
+
+    Returns
+    -------
+    ``(shifts, peaks)``: ``(N, 2)`` pixels ``d`` with ``patterns[i](p) ~ ref(p - d)``,
+    each component in ``[-n/2, n/2)`` (periodic), and the ``(N,)`` correlation values
+    ``sum_p patterns[i](p + d) ref(p)`` at the peaks (float64).
+    """
+    n, nx, ny = patterns.shape
+    dtype = work_dtype(patterns.dtype)
+    shifts = np.empty((n, 2))
+    peaks = np.empty(n)
+    block = max(1, _XCORR_BLOCK_BYTES // (nx * ny * 16))
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        p = patterns[start:stop].astype(dtype, copy=False)
+        spec = scipy.fft.rfft2(p, workers=workers)
+        spec *= ref_spectrum.astype(spec.dtype, copy=False)
+        cc = scipy.fft.irfft2(spec, s=(nx, ny), workers=workers)
+        ix, iy = np.divmod(cc.reshape(stop - start, -1).argmax(axis=1), ny)
+        rows = np.arange(stop - start)
+        sx, sy = ix.astype(np.float64), iy.astype(np.float64)
+        peak = cc[rows, ix, iy].astype(np.float64)
+        if subpixel and upsample <= 1:
+            sx += parabolic_vertex(cc[rows, (ix - 1) % nx, iy], cc[rows, ix, iy],
+                                   cc[rows, (ix + 1) % nx, iy])
+            sy += parabolic_vertex(cc[rows, ix, (iy - 1) % ny], cc[rows, ix, iy],
+                                   cc[rows, ix, (iy + 1) % ny])
+        elif subpixel:
+            sx = np.where(sx >= (nx + 1) // 2, sx - nx, sx)
+            sy = np.where(sy >= (ny + 1) // 2, sy - ny, sy)
+            sx, sy, peak = _upsampled_peaks(spec, sx, sy, (nx, ny), int(upsample))
+        shifts[start:stop, 0] = np.mod(sx + nx / 2, nx) - nx / 2
+        shifts[start:stop, 1] = np.mod(sy + ny / 2, ny) - ny / 2
+        peaks[start:stop] = peak
+    return shifts, peaks

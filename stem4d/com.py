@@ -50,12 +50,16 @@ import xarray as xr
 from .datacube import (
     CUBE_DIMS,
     SCAN_DIMS,
+    _axis_origin_px,
     _axis_step,
+    _require_origin,
+    as_float,
     electron_wavelength,
     validate_cube,
 )
+from .detectors import _mask_array
 from .orientation import detector_to_scan, get_orientation, set_orientation
-from .virtual import _check_detector, virtual_image
+from .virtual import virtual_image
 
 __all__ = [
     "center_of_mass",
@@ -74,22 +78,7 @@ def _detector_mask(cube: xr.DataArray, mask: Any) -> np.ndarray:
     shape = (cube.sizes["qx"], cube.sizes["qy"])
     if mask is None:
         return np.ones(shape)
-    if isinstance(mask, xr.DataArray):
-        if set(mask.dims) != {"qx", "qy"}:
-            raise ValueError(f"mask must have dims ('qx', 'qy'), got {tuple(mask.dims)}")
-        mask = _check_detector(cube, mask.transpose("qx", "qy"), "mask").values
-    values = np.asarray(mask)
-    if values.shape != shape:
-        raise ValueError(
-            f"mask must have the detector shape {shape} (qx, qy), got {values.shape}")
-    if not (values.dtype == bool or np.issubdtype(values.dtype, np.number)):
-        raise TypeError(f"mask must be boolean or numeric weights, got dtype {values.dtype}")
-    values = values.astype(float)
-    if not np.all(np.isfinite(values)):
-        raise ValueError("mask contains NaN or inf weights")
-    if not np.any(values != 0):
-        raise ValueError("mask selects no detector pixel (all weights are zero)")
-    return values
+    return _mask_array(mask, shape, "mask", require_any=True, like=cube).astype(float)
 
 
 def _as_com(com: Any, argname: str = "com") -> xr.Dataset:
@@ -267,9 +256,13 @@ def dpc(
     """Segmented-detector differential phase contrast.
 
     The detector is split into ``segments`` equal angular sectors of the annulus
-    ``inner <= |q| <= outer`` around ``q = 0`` (set the origin first); segment ``s``
-    covers azimuths ``offset + 2 pi s / n`` to ``offset + 2 pi (s + 1) / n`` (rad from
-    ``qx`` towards ``qy``) and has the centre direction ``u_s``.
+    ``inner <= |q| <= outer`` around the origin; segment ``s`` covers azimuths
+    ``offset + 2 pi s / n`` to ``offset + 2 pi (s + 1) / n`` (rad from ``qx`` towards
+    ``qy``) and has the centre direction ``u_s``. The origin is required: with a
+    per-position origin (``qx0``/``qy0`` coordinates, :func:`stem4d.apply_origin`) the
+    segmented detector follows the beam (``virtual_image(..., shift_center=True,
+    subpixel=True)``), so a drifting beam does not read as a deflection; otherwise it is
+    centred on ``q = 0`` (the origin set by :func:`stem4d.set_origin`).
 
     Parameters
     ----------
@@ -294,11 +287,17 @@ def dpc(
     if isinstance(segments, bool) or not isinstance(segments, (int, np.integer)) \
             or segments < 3:
         raise ValueError(f"segments must be an integer >= 3, got {segments!r}")
+    units = cube.coords["qx"].attrs.get("units", "pixels")
+    inner = as_float(inner, "inner")
     if not np.isfinite(inner) or inner < 0:
-        raise ValueError(f"inner must be >= 0 (q units), got {inner!r}")
-    if outer is not None and (not np.isfinite(outer) or outer <= inner):
-        raise ValueError(f"outer must be larger than inner={inner}, got {outer!r}")
-    offset = -np.pi / segments if offset is None else float(offset)
+        raise ValueError(f"inner must be >= 0 ({units}), got {inner!r}")
+    if outer is not None:
+        outer = as_float(outer, "outer")
+        if not np.isfinite(outer) or outer <= inner:
+            raise ValueError(f"outer must be larger than inner={inner} ({units}), got {outer!r}")
+    offset = -np.pi / segments if offset is None else as_float(offset, "offset")
+    _require_origin(cube, "cube", "dpc (the segments are centred on the origin)")
+    follow = "qx0" in cube.coords and "qy0" in cube.coords
     qxg, qyg = np.meshgrid(cube.coords["qx"].values, cube.coords["qy"].values, indexing="ij")
     radius = np.hypot(qxg, qyg)
     ring = (radius >= inner) & (radius <= (np.inf if outer is None else outer))
@@ -307,13 +306,21 @@ def dpc(
     masks = np.stack([ring & (sector == s) for s in range(segments)])
     empty = [s for s in range(segments) if not masks[s].any()]
     if empty:
-        raise ValueError(f"segments {empty} contain no detector pixel: check inner/outer")
+        ox, oy = _axis_origin_px(cube, "qx"), _axis_origin_px(cube, "qy")
+        reach = float(radius.max())
+        raise ValueError(
+            f"segments {empty} contain no detector pixel: the annulus inner={inner:g}, "
+            f"outer={outer if outer is None else format(outer, 'g')} ({units}) around the "
+            f"origin at pixel ({ox:.1f}, {oy:.1f}) misses them (the detector reaches "
+            f"{reach:.4g} {units} from the origin); check inner/outer"
+        )
     dets = xr.DataArray(masks, dims=("segment", "qx", "qy"),
                         coords={"qx": cube.coords["qx"].variable,
                                 "qy": cube.coords["qy"].variable,
                                 "segment": np.arange(segments)},
                         name="segments")
-    images = virtual_image(cube, dets).transpose("segment", *SCAN_DIMS)
+    images = virtual_image(cube, dets, shift_center=follow, subpixel=follow)
+    images = images.transpose("segment", *SCAN_DIMS)
     centres = offset + 2 * np.pi * (np.arange(segments) + 0.5) / segments
     ux = xr.DataArray(np.cos(centres), dims="segment")
     uy = xr.DataArray(np.sin(centres), dims="segment")
@@ -328,7 +335,7 @@ def dpc(
                 units="", long_name="DPC signal along qy"),
         },
         coords={"segment_angle": ("segment", centres, {"units": "rad"})},
-        attrs={"source": "stem4d.dpc", "inner": float(inner),
+        attrs={"source": "stem4d.dpc", "inner": float(inner), "follows_origin": int(follow),
                "outer": float("inf") if outer is None else float(outer)},
     )
 
@@ -406,9 +413,10 @@ def find_orientation(
         raise ValueError(f"flips must be distinct bools, e.g. (False, True), got {flips!r}")
     cx, cy = _com_arrays(com)
     dx, dy, _ = _scan_steps(com)
-    hp = _default_high_pass(cx.shape, dx, dy) if high_pass is None else float(high_pass)
+    hp = (_default_high_pass(cx.shape, dx, dy) if high_pass is None
+          else as_float(high_pass, "high_pass"))
     if not np.isfinite(hp) or hp < 0:
-        raise ValueError(f"high_pass must be >= 0, got {high_pass!r}")
+        raise ValueError(f"high_pass must be >= 0 (reciprocal scan units), got {high_pass!r}")
     cx, cy = cx - cx.mean(), cy - cy.mean()
     scale = 2 * np.pi if com["com_qx"].attrs.get("units") == "1/Å" else 1.0
 
@@ -538,7 +546,8 @@ def integrate_com(
         raise ValueError(
             f"integrating the CoM into a phase needs it in 1/Å or mrad, got units "
             f"{q_units!r}: calibrate the detector with stem4d.set_q_calibration")
-    hp = _default_high_pass(cx.shape, dx, dy) if high_pass is None else high_pass
+    hp = (_default_high_pass(cx.shape, dx, dy) if high_pass is None
+          else as_float(high_pass, "high_pass"))
     if not np.isfinite(hp) or hp < 0:
         raise ValueError(f"high_pass must be >= 0 (1/Å), got {high_pass!r}")
     cx, cy = (cx - cx.mean()) * factor, (cy - cy.mean()) * factor

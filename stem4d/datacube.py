@@ -172,6 +172,79 @@ def _scalar_coord(value: float, units: str) -> xr.Variable:
     return xr.Variable((), float(value), attrs={"units": units})
 
 
+# ------------------------------------------------ shared private helpers (patterns)
+def _pixel_coords(shape: tuple[int, int], center: tuple[float, float] = (0.0, 0.0)
+                  ) -> dict[str, xr.Variable]:
+    """Detector coordinates in pixels, zero at the fractional index ``center``."""
+    return {dim: xr.Variable((dim,), np.arange(n, dtype=float) - c, {"units": "pixels"})
+            for dim, n, c in zip(DETECTOR_DIMS, shape, center, strict=True)}
+
+
+def _as_pattern(image: Any, argname: str) -> xr.DataArray:
+    """A 2-D ``(qx, qy)`` pattern as a DataArray, or a TypeError/ValueError naming ``argname``.
+
+    A DataArray must have dims ``("qx", "qy")`` (in either order; it is transposed) and
+    keeps its coordinates; a missing ``qx``/``qy`` coordinate, or a plain 2-D numpy/dask
+    array, gets pixel coordinates from 0 (no origin). The data are not computed.
+    """
+    hint = ""
+    if isinstance(image, xr.DataArray):
+        if image.ndim == 2 and set(image.dims) == set(DETECTOR_DIMS):
+            image = image.transpose(*DETECTOR_DIMS)
+            missing = {k: v for k, v in _pixel_coords(image.shape).items()
+                       if k not in image.coords}
+            return image.assign_coords(missing) if missing else image
+        if image.ndim == 4:
+            hint = ("; it is a datacube: reduce it first, e.g. "
+                    "stem4d.virtual_diffraction(cube, 'mean')")
+        raise ValueError(
+            f"{argname} must be a 2-D pattern with dims ('qx', 'qy'), got dims "
+            f"{tuple(image.dims)} with shape {tuple(image.shape)}{hint}"
+        )
+    if isinstance(image, xr.Dataset) or not (hasattr(image, "ndim") and hasattr(image, "dtype")):
+        raise TypeError(
+            f"{argname} must be a (qx, qy) DataArray (e.g. stem4d.virtual_diffraction(cube)) "
+            f"or a 2-D numpy/dask array, got {type(image).__name__}"
+        )
+    if image.ndim != 2:
+        if image.ndim == 4:
+            hint = "; a 4-D datacube must be reduced first (stem4d.virtual_diffraction)"
+        raise ValueError(
+            f"{argname} must be a 2-D (qx, qy) pattern, got {image.ndim}-D with shape "
+            f"{tuple(image.shape)}{hint}"
+        )
+    return xr.DataArray(image, dims=DETECTOR_DIMS, coords=_pixel_coords(image.shape))
+
+
+def _require_origin(obj: xr.DataArray | xr.Dataset, argname: str, purpose: str) -> None:
+    """Raise unless the origin (``q = 0``) is set and lies on the detector.
+
+    ``purpose`` says what needs it, e.g. ``"dpc"``; the message names ``argname`` and
+    how to set the origin.
+    """
+    ox, oy = _axis_origin_px(obj, "qx"), _axis_origin_px(obj, "qy")
+    nx, ny = obj.sizes["qx"], obj.sizes["qy"]
+    if ox == 0.0 and oy == 0.0:
+        raise ValueError(
+            f"{purpose} needs the origin, but {argname} has no origin set (q = 0 is the first "
+            "detector pixel): measure it (stem4d.measure_origin / fit_origin) and set it with "
+            "stem4d.apply_origin(cube, origin) or stem4d.set_origin(obj, qx0, qy0) (pixels)"
+        )
+    if not (-0.5 <= ox <= nx - 0.5 and -0.5 <= oy <= ny - 0.5):
+        raise ValueError(
+            f"{purpose} needs the origin on the detector, but {argname}'s origin "
+            f"({ox:.2f}, {oy:.2f}) pixels is outside the {nx} x {ny} detector"
+        )
+
+
+def _origin_offsets(obj: xr.DataArray | xr.Dataset) -> tuple[xr.DataArray, xr.DataArray]:
+    """Per-position origin relative to ``q = 0``, coordinate units (``(rx, ry)`` or 0-d)."""
+    if "qx0" in obj.coords and "qy0" in obj.coords:
+        return (obj.coords["qx0"].reset_coords(drop=True).astype(float),
+                obj.coords["qy0"].reset_coords(drop=True).astype(float))
+    return xr.DataArray(0.0), xr.DataArray(0.0)
+
+
 # ------------------------------------------------------------------------ building
 def datacube(
     data: Any,

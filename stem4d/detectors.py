@@ -39,13 +39,64 @@ def _grid_of(obj: Any) -> tuple[np.ndarray, np.ndarray, dict[str, xr.Variable]]:
     return qxg, qyg, coords
 
 
-def _center(center: Any, argname: str = "center") -> tuple[float, float]:
+def _center(center: Any, argname: str = "center", units: str = "coordinate units"
+            ) -> tuple[float, float]:
+    """A finite ``(qx, qy)`` pair, or a ValueError naming ``argname`` (and ``units``)."""
     if np.ndim(center) != 1 or len(center) != 2:
-        raise ValueError(f"{argname} must be a pair (qx, qy) in coordinate units, got {center!r}")
+        raise ValueError(f"{argname} must be a pair (qx, qy) in {units}, got {center!r}")
     c = (as_float(center[0], argname), as_float(center[1], argname))
     if not all(np.isfinite(c)):
         raise ValueError(f"{argname} must be finite, got {center!r}")
     return c
+
+
+def _mask_array(
+    mask: Any,
+    shape: tuple[int, int],
+    argname: str = "mask",
+    *,
+    bool_only: bool = False,
+    require_any: bool = False,
+    like: Any = None,
+    hint: str = "",
+) -> np.ndarray:
+    """A user detector mask as a numpy ``(qx, qy)`` array, checked.
+
+    ``mask`` is a DataArray with dims ``("qx", "qy")`` (either order; with ``like``, a
+    cube or pattern, its coordinates must match those of ``like``) or an array of the
+    detector ``shape``: bool, or real weights without NaN/inf (``bool_only``: bool only).
+    ``require_any`` rejects a mask that selects nothing. Errors name ``argname``;
+    ``hint`` is appended to the dims error. The values are returned as given (no cast).
+    """
+    kind = "a bool mask" if bool_only else "a detector mask"
+    if isinstance(mask, xr.DataArray):
+        if set(mask.dims) != {"qx", "qy"}:
+            raise ValueError(
+                f"{argname} must be {kind} with dims ('qx', 'qy'), got {tuple(mask.dims)}{hint}"
+            )
+        mask = mask.transpose("qx", "qy")
+        if like is not None:
+            from .virtual import _check_detector
+
+            _check_detector(like, mask, argname)
+        mask = mask.values
+    values = np.asarray(mask)
+    if values.shape != tuple(shape):
+        must = "be a bool mask of" if bool_only else "have"
+        raise ValueError(
+            f"{argname} must {must} the detector shape {tuple(shape)} (qx, qy), "
+            f"got shape {values.shape}"
+        )
+    if bool_only and values.dtype != bool:
+        raise TypeError(f"{argname} must be a bool mask, got dtype {values.dtype}")
+    if values.dtype != bool and (not np.issubdtype(values.dtype, np.number)
+                                 or np.issubdtype(values.dtype, np.complexfloating)):
+        raise TypeError(f"{argname} must be bool or real weights, got dtype {values.dtype}")
+    if values.dtype != bool and not np.all(np.isfinite(values)):
+        raise ValueError(f"{argname} contains NaN or inf weights")
+    if require_any and not np.any(values):
+        raise ValueError(f"{argname} selects no detector pixel (all weights are zero)")
+    return values
 
 
 def _positive(value: Any, argname: str, allow_zero: bool = False) -> float:
@@ -137,15 +188,7 @@ def rectangle(
 def from_mask(obj: Any, mask: Any) -> xr.DataArray:
     """A user mask (bool selects, float weights) as a detector on the grid of ``obj``."""
     qxg, _, coords = _grid_of(obj)
-    values = np.asarray(mask.values if isinstance(mask, xr.DataArray) else mask)
-    if values.shape != qxg.shape:
-        raise ValueError(
-            f"mask must have the detector shape (qx, qy) = {qxg.shape}, got {values.shape}"
-        )
-    if values.dtype != bool and not np.issubdtype(values.dtype, np.number):
-        raise TypeError(f"mask must be bool or numeric, got dtype {values.dtype}")
-    if values.dtype != bool and not np.all(np.isfinite(values)):
-        raise ValueError("mask contains NaN or inf weights")
+    values = _mask_array(mask, qxg.shape, "mask")
     return _detector(values, coords, "mask", _units(coords))
 
 

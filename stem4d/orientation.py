@@ -61,7 +61,10 @@ reconstructed phase with the true phase, and what :func:`to_py4dstem` gives::
     (-150°, True)   (-60°, True)     -0.965       (120°, True)    -60 = 120 - 180
 
 py4DSTEM agrees modulo 180°, and exactly where its angle is 180° from the converted one
-its phase comes out negated: the converter holds including the sign of the phase.
+its phase comes out negated: the converter holds including the sign of the phase. The
+table (with the LiberTEM columns below and stem4d's own :func:`stem4d.find_orientation`)
+is printed by ``/work/peers/bin/python benchmarks/check_orientation_peers.py``, which
+runs both tools on freshly simulated data and exits non-zero on any disagreement.
 
 **LiberTEM 0.16** (``scan_rotation`` = a in degrees, ``flip_y``). Read in
 ``libertem/corrections/coordinates.py`` (``rotate(a) = [[cos, sin], [-sin, cos]]`` on

@@ -26,11 +26,13 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
-import scipy.fft
 import xarray as xr
 from scipy import ndimage
 
-from .datacube import SCAN_DIMS, set_origin, validate_cube
+from . import _kernels
+from ._kernels import parabolic_vertex as _parabolic
+from .datacube import SCAN_DIMS, as_float, set_origin, validate_cube
+from .detectors import _mask_array
 
 __all__ = ["measure_origin", "fit_origin", "apply_origin"]
 
@@ -45,14 +47,6 @@ _QUALITY = {
 
 
 # ============================================================ kernels (plain arrays)
-def _parabolic(fm: np.ndarray, f0: np.ndarray, fp: np.ndarray) -> np.ndarray:
-    """Vertex offset of the parabola through (-1, fm), (0, f0), (1, fp), clipped to ±0.5."""
-    denom = fm - 2.0 * f0 + fp
-    with np.errstate(divide="ignore", invalid="ignore"):
-        delta = np.where(denom < 0, 0.5 * (fm - fp) / denom, 0.0)
-    return np.clip(np.nan_to_num(delta), -0.5, 0.5)
-
-
 def _moments(w: np.ndarray, ii: np.ndarray, jj: np.ndarray) -> tuple[np.ndarray, ...]:
     """Total, and centre of mass (rows, columns) of a stack of weights ``(N, nx, ny)``."""
     total = w.sum(axis=(1, 2), dtype=np.float64)
@@ -68,7 +62,12 @@ def _smooth_max(p: np.ndarray) -> np.ndarray:
 
 
 def _half_max_radius(p: np.ndarray, smooth_max: np.ndarray) -> np.ndarray:
-    """Radius (pixels) of the disk of equal area to the pixels above half the maximum."""
+    """Radius (pixels) of the disk of equal area to the pixels above half the maximum.
+
+    A coarse per-pattern size, batched over many patterns, that only sets the default
+    window (``"com"``) and smoothing (``"max"``); :func:`stem4d.probe.measure_disk` is the
+    measurement of a disk (a threshold sweep of one image, far too slow per pattern).
+    """
     half = (p >= (0.5 * smooth_max).astype(p.dtype)[:, None, None]).sum(axis=(1, 2))
     return np.sqrt(half / np.pi)
 
@@ -165,58 +164,14 @@ def _xcorr_kernel(p: np.ndarray, t_spec: np.ndarray, t_norm: float, ref: np.ndar
     detector, into ``[-0.5, n - 0.5)``).
     """
     n, nx, ny = p.shape
-    spec = scipy.fft.rfft2(p, workers=workers)
-    spec *= t_spec
-    cc = scipy.fft.irfft2(spec, s=(nx, ny), workers=workers)
-    flat = cc.reshape(n, -1).argmax(axis=1)
-    ix, iy = np.divmod(flat, ny)
-    rows = np.arange(n)
-    sx, sy = ix.astype(np.float64), iy.astype(np.float64)
-    peak = cc[rows, ix, iy].astype(np.float64)
-    if subpixel and upsample <= 1:
-        sx += _parabolic(cc[rows, (ix - 1) % nx, iy], cc[rows, ix, iy], cc[rows, (ix + 1) % nx, iy])
-        sy += _parabolic(cc[rows, ix, (iy - 1) % ny], cc[rows, ix, iy], cc[rows, ix, (iy + 1) % ny])
-    elif subpixel:
-        sx, sy, peak = _upsampled_peak(spec, sx, sy, nx, ny, upsample)
+    shifts, peak = _kernels.xcorr_peaks(p, t_spec, subpixel=subpixel, upsample=upsample,
+                                        workers=workers)
     with np.errstate(divide="ignore", invalid="ignore"):
         norm = np.sqrt(np.einsum("nij,nij->n", p, p, dtype=np.float64)) * t_norm
         quality = peak / norm
-    ox = np.mod(ref[0] + sx + 0.5, nx) - 0.5
-    oy = np.mod(ref[1] + sy + 0.5, ny) - 0.5
+    ox = np.mod(ref[0] + shifts[:, 0] + 0.5, nx) - 0.5
+    oy = np.mod(ref[1] + shifts[:, 1] + 0.5, ny) - 0.5
     return np.stack([ox, oy, quality], axis=-1)
-
-
-def _upsampled_peak(spec: np.ndarray, sx: np.ndarray, sy: np.ndarray, nx: int, ny: int,
-                    upsample: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Refine correlation peaks by a matrix DFT on a grid ``1/upsample`` pixel fine.
-
-    The correlation is evaluated from its half spectrum ``spec`` at ``s + o`` for
-    offsets ``o`` within ±1 pixel of the integer peak ``s``; the finest-grid maximum is
-    then refined by a parabola.
-    """
-    n = spec.shape[0]
-    offs = np.arange(-upsample, upsample + 1) / upsample  # (m,)
-    kx = np.fft.fftfreq(nx)  # cycles / pixel
-    ky = np.fft.rfftfreq(ny)
-    cy_w = np.full(ky.size, 2.0)
-    cy_w[0] = 1.0
-    if ny % 2 == 0:
-        cy_w[-1] = 1.0
-    ctype = np.complex128 if spec.dtype == np.complex128 else np.complex64
-    ex = np.exp(2j * np.pi * (sx[:, None, None] + offs[None, :, None]) * kx).astype(ctype)
-    ey = (np.exp(2j * np.pi * ky[None, :, None] * (sy[:, None, None] + offs[None, None, :]))
-          * cy_w[None, :, None]).astype(ctype)
-    fine = np.matmul(np.matmul(ex, spec), ey).real / (nx * ny)  # (n, m, m)
-    m = offs.size
-    flat = fine.reshape(n, -1).argmax(axis=1)
-    a, b = np.divmod(flat, m)
-    rows = np.arange(n)
-    peak = fine[rows, a, b].astype(np.float64)
-    am, ap = np.clip(a - 1, 0, m - 1), np.clip(a + 1, 0, m - 1)
-    bm, bp = np.clip(b - 1, 0, m - 1), np.clip(b + 1, 0, m - 1)
-    da_ = np.where((a > 0) & (a < m - 1), _parabolic(fine[rows, am, b], peak, fine[rows, ap, b]), 0)
-    db_ = np.where((b > 0) & (b < m - 1), _parabolic(fine[rows, a, bm], peak, fine[rows, a, bp]), 0)
-    return sx + offs[a] + da_ / upsample, sy + offs[b] + db_ / upsample, peak
 
 
 def _origin_block(block: np.ndarray, weights: np.ndarray | None, method: str,
@@ -247,29 +202,29 @@ def _origin_block(block: np.ndarray, weights: np.ndarray | None, method: str,
 
 
 # ============================================================ measure_origin
+def _whole(value: Any, argname: str, minimum: int) -> int:
+    """A whole number ``>= minimum``, or a ValueError naming ``argname``."""
+    v = as_float(value, argname)
+    if isinstance(value, bool) or not np.isfinite(v) or v != int(v) or v < minimum:
+        kind = "a non-negative integer" if minimum == 0 else f"an integer >= {minimum}"
+        raise ValueError(f"{argname} must be {kind}, got {value!r}")
+    return int(v)
+
+
+def _whole_int(value: Any, argname: str) -> int:
+    v = as_float(value, argname)
+    if isinstance(value, bool) or v != int(v) or v == 0:
+        raise ValueError(f"{argname} must be a nonzero integer (-1: all cores), got {value!r}")
+    return int(v)
+
+
 def _detector_weights(cube: xr.DataArray, mask: Any) -> np.ndarray | None:
     if mask is None:
         return None
-    shape = (cube.sizes["qx"], cube.sizes["qy"])
-    if isinstance(mask, xr.DataArray):
-        if tuple(mask.dims) != ("qx", "qy"):
-            raise ValueError(
-                f"mask must be a detector mask with dims ('qx', 'qy'), got {tuple(mask.dims)}; "
-                "to leave scan positions out of a fit use fit_origin(..., mask=...)"
-            )
-        mask = mask.values
-    values = np.asarray(mask)
-    if values.shape != shape:
-        raise ValueError(f"mask must have the detector shape (qx, qy) = {shape}, got "
-                         f"{values.shape}")
-    if values.dtype != bool and not np.issubdtype(values.dtype, np.number):
-        raise TypeError(f"mask must be bool or numeric weights, got dtype {values.dtype}")
-    values = values.astype(np.float32)
-    if not np.all(np.isfinite(values)):
-        raise ValueError("mask contains NaN or inf weights")
-    if not np.any(values):
-        raise ValueError("mask selects no detector pixel: nothing to measure")
-    return values
+    values = _mask_array(mask, (cube.sizes["qx"], cube.sizes["qy"]), "mask", require_any=True,
+                         hint="; to leave scan positions out of a fit use "
+                              "fit_origin(..., mask=...)")
+    return values.astype(np.float32)
 
 
 def _template_setup(cube: xr.DataArray, template: Any) -> dict[str, Any]:
@@ -309,9 +264,8 @@ def _template_setup(cube: xr.DataArray, template: Any) -> dict[str, Any]:
                 f"{('qx', 'qy')[axis]}): give an image of the probe disk"
             )
         ref_arr[axis] = np.angle(z) * n / (2 * np.pi)
-    t32 = values.astype(np.float32)
-    return {"t_spec": np.conj(scipy.fft.rfft2(t32)), "t_norm": float(np.sqrt((values**2).sum())),
-            "ref": ref_arr}
+    return {"t_spec": _kernels.reference_spectrum(values, np.float32),
+            "t_norm": float(np.sqrt((values**2).sum())), "ref": ref_arr}
 
 
 def measure_origin(
@@ -326,7 +280,7 @@ def measure_origin(
     sigma: float | None = None,
     subpixel: bool = True,
     upsample: int = 16,
-    workers: int = -1,
+    workers: int | None = None,
 ) -> xr.Dataset:
     """Origin (centre of the unscattered beam) of every pattern, in detector pixels.
 
@@ -377,7 +331,9 @@ def measure_origin(
     upsample
         ``"xcorr"``: DFT upsampling factor of the peak refinement (integer >= 1).
     workers
-        Threads of each FFT call (``scipy.fft`` ``workers``; -1: all cores).
+        Threads of each FFT call (``scipy.fft`` ``workers``) on a numpy cube; default -1
+        (all cores). Inside the tasks of a dask cube the FFTs always use one thread
+        (dask runs the scan chunks in parallel).
 
     Returns
     -------
@@ -393,17 +349,22 @@ def measure_origin(
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
     if template is not None and method != "xcorr":
         raise ValueError(f"template is used by method='xcorr' only, got method={method!r}")
-    if radius is not None and not (np.isfinite(radius) and radius > 0):
-        raise ValueError(f"radius must be a positive number of pixels or None, got {radius!r}")
+    if radius is not None:
+        radius = as_float(radius, "radius")
+        if not (np.isfinite(radius) and radius > 0):
+            raise ValueError(f"radius must be a positive number of pixels or None, got "
+                             f"{radius!r}")
+    threshold = as_float(threshold, "threshold")
     if not (np.isfinite(threshold) and 0 <= threshold < 1):
         raise ValueError(f"threshold must be a fraction of the maximum in [0, 1), got "
                          f"{threshold!r}")
-    if int(iterations) != iterations or iterations < 0:
-        raise ValueError(f"iterations must be a non-negative integer, got {iterations!r}")
-    if sigma is not None and not (np.isfinite(sigma) and sigma >= 0):
-        raise ValueError(f"sigma must be >= 0 (pixels), got {sigma!r}")
-    if int(upsample) != upsample or upsample < 1:
-        raise ValueError(f"upsample must be an integer >= 1, got {upsample!r}")
+    iterations = _whole(iterations, "iterations", 0)
+    if sigma is not None:
+        sigma = as_float(sigma, "sigma")
+        if not (np.isfinite(sigma) and sigma >= 0):
+            raise ValueError(f"sigma must be >= 0 (pixels), got {sigma!r}")
+    upsample = _whole(upsample, "upsample", 1)
+    workers = -1 if workers is None else _whole_int(workers, "workers")
     if not np.issubdtype(cube.dtype, np.number) and cube.dtype != bool:
         raise TypeError(f"cube must hold numbers, got dtype {cube.dtype}")
     weights = _detector_weights(cube, mask)
@@ -417,6 +378,7 @@ def measure_origin(
     if isinstance(data, da.Array):
         if len(data.chunks[2]) > 1 or len(data.chunks[3]) > 1:
             data = data.rechunk({2: -1, 3: -1})
+        params["workers"] = 1  # one thread per task: dask parallelizes over the chunks
         out = data.map_blocks(_origin_block, weights, method, params,
                               chunks=data.chunks[:2] + ((3,),), drop_axis=3,
                               dtype=np.float64, meta=np.array((), np.float64))
@@ -482,11 +444,27 @@ def _lstsq(mat: np.ndarray, rhs: np.ndarray, model: str) -> np.ndarray:
 
 
 def _scan_values(obj: Any, name: str, shape: tuple[int, int] | None) -> np.ndarray:
-    values = np.asarray(obj.values if isinstance(obj, xr.DataArray) else obj)
+    """An ``(rx, ry)`` map as numpy; a DataArray is aligned by its dims (transposed)."""
+    if isinstance(obj, xr.DataArray):
+        if set(obj.dims) != set(SCAN_DIMS):
+            raise ValueError(f"{name} must be an (rx, ry) map with dims {SCAN_DIMS} (either "
+                             f"order), got dims {tuple(obj.dims)}")
+        obj = obj.transpose(*SCAN_DIMS).values
+    values = np.asarray(obj)
     if shape is not None and values.shape != shape:
         raise ValueError(f"{name} must have the scan shape (rx, ry) = {shape}, got "
                          f"{values.shape}")
     return values
+
+
+def _bezier_order(value: Any) -> tuple[int, int]:
+    """``(order along rx, order along ry)`` from one integer or a pair of them."""
+    items = [value] if np.ndim(value) == 0 else list(np.ravel(np.asarray(value, dtype=object)))
+    if len(items) not in (1, 2):
+        raise ValueError(f"bezier_order must be an integer >= 1 or a pair (along rx, along ry) "
+                         f"of them, got {value!r} ({len(items)} values)")
+    orders = [_whole(v, "bezier_order", 1) for v in items]
+    return (orders[0], orders[-1])
 
 
 def fit_origin(
@@ -516,8 +494,9 @@ def fit_origin(
           ``Σ c_pq B_p(u) B_q(v)`` of Bernstein polynomials of order ``bezier_order``,
           ``u = i / (nrx - 1)``, ``v = j / (nry - 1)``.
     mask
-        Bool ``(rx, ry)``: **True** marks the positions used in the fit (e.g. a vacuum
-        or thin region); the fit is evaluated everywhere.
+        Bool ``(rx, ry)`` array, or DataArray with dims ``rx`` and ``ry`` (in either
+        order; it is transposed): **True** marks the positions used in the fit (e.g. a
+        vacuum or thin region); the fit is evaluated everywhere.
     robust
         Refit ``robust_steps`` times, each time using only the positions (of ``mask``)
         whose residuals in ``qx0`` and ``qy0`` are both within ``robust_k`` times the RMS
@@ -557,17 +536,12 @@ def fit_origin(
             raise ValueError(f"origin_ds[{name!r}] must be in pixels, got units {units!r}")
     if model not in _MODELS:
         raise ValueError(f"model must be one of {_MODELS}, got {model!r}")
-    if int(robust_steps) != robust_steps or robust_steps < 0:
-        raise ValueError(f"robust_steps must be a non-negative integer, got {robust_steps!r}")
+    robust_steps = _whole(robust_steps, "robust_steps", 0)
+    robust_k = as_float(robust_k, "robust_k")
     if not (np.isfinite(robust_k) and robust_k > 0):
         raise ValueError(f"robust_k must be a positive number of standard deviations, got "
                          f"{robust_k!r}")
-    order_arr = np.broadcast_to(np.asarray(bezier_order), (2,))
-    if (order_arr.dtype.kind not in "iu" and not np.all(order_arr == np.round(order_arr))) \
-            or np.any(order_arr < 1) or np.size(bezier_order) not in (1, 2):
-        raise ValueError(f"bezier_order must be an integer >= 1 or a pair of them, got "
-                         f"{bezier_order!r}")
-    order = (int(order_arr[0]), int(order_arr[1]))
+    order = _bezier_order(bezier_order)
 
     qx0 = np.asarray(origin_ds["qx0"].values, dtype=np.float64)
     qy0 = np.asarray(origin_ds["qy0"].values, dtype=np.float64)

@@ -265,6 +265,11 @@ def test_q_pixel_size_from_ring_fit():
     assert cal.q_pixel_size_from_ring(20.0, ring_q=0.5) == pytest.approx(0.025)
     with pytest.raises(ValueError, match="exactly one of d_spacing"):
         cal.q_pixel_size_from_ring(20.0)
+    with pytest.raises(ValueError, match=r"exactly one of .* got d_spacing=2.0 and "
+                                         r"ring_q=0.5"):
+        cal.q_pixel_size_from_ring(20.0, d_spacing=2.0, ring_q=0.5)
+    with pytest.raises(ValueError, match="radius_px must be a number, got 'r'"):
+        cal.q_pixel_size_from_ring("r", ring_q=0.5)
     with pytest.raises(ValueError, match="radius_px must be positive"):
         cal.q_pixel_size_from_ring(-1.0, ring_q=0.5)
 
@@ -357,6 +362,16 @@ def test_calibrate_q_noisy_fit_rbf_and_errors(probe_cube):
         cal.calibrate_q(bare.isel(qy=slice(0, 60)), "kMax", 1.0)
     with pytest.raises(ValueError, match="units must be"):
         cal.calibrate_q(bare, "dk", 0.1, units="nm")
+    with pytest.raises(ValueError, match="value must be a number, got 'small'"):
+        cal.calibrate_q(bare, "dk", "small")
+    spot = np.zeros((32, 32))
+    spot[8:, 8:] = 0.8  # a bright background, apart from a small spot
+    spot[2:5, 2:5] = 1.0
+    noise = xr.DataArray(spot, dims=("qx", "qy"))
+    with pytest.raises(ValueError, match=r"fitRBF could not measure the bright-field disk "
+                                         r"of obj's mean pattern: its plateau I0 = 1 is "
+                                         r"above, but .* background 0.8 .*mode='RBF'"):
+        cal.calibrate_q(noise, "fitRBF", convergence_semiangle=20.0, beam_energy=300e3)
 
 
 # =============================================================== beamstop
@@ -399,6 +414,10 @@ def test_beamstop_mask_errors(blocked):
         cal.beamstop_mask(cube, threshold=1.5)
     with pytest.raises(ValueError, match="distance_edge must be"):
         cal.beamstop_mask(cube, distance_edge=-1)
+    with pytest.raises(ValueError, match="threshold must be a number, got 'dim'"):
+        cal.beamstop_mask(cube, threshold="dim")
+    with pytest.raises(ValueError, match=r"blur must be >= 0 \(pixels\), got nan"):
+        cal.beamstop_mask(cube, blur=float("nan"))
     with pytest.raises(ValueError, match="reduce must be"):
         cal.beamstop_mask(cube, reduce="median")
     with pytest.raises(TypeError, match="DataArray"):

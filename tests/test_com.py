@@ -18,7 +18,7 @@ import xarray as xr
 import stem4d
 from stem4d.com import center_of_mass, dpc, find_orientation, idpc, integrate_com, rotate_com
 from stem4d.orientation import get_orientation, set_orientation
-from stem4d.simulate import phase_object
+from stem4d.simulate import crystal, phase_object
 
 matplotlib.use("Agg")
 
@@ -208,6 +208,35 @@ def test_dpc_quadrants():
         dpc(cube, segments=2)
     with pytest.raises(ValueError, match="outer must be larger than inner"):
         dpc(cube, inner=0.5, outer=0.2)
+    with pytest.raises(ValueError, match="inner must be a number, got 'zero'"):
+        dpc(cube, inner="zero")
+    with pytest.raises(ValueError, match="outer must be a number, got 'edge'"):
+        dpc(cube, outer="edge")
+    with pytest.raises(ValueError, match=r"segments \[.*\] contain no detector pixel: the "
+                                         r"annulus inner=5, outer=6 \(1/Å\) around the "
+                                         r"origin at pixel \(32\.0, 32\.0\)"):
+        dpc(cube, inner=5.0, outer=6.0)
+    bare = stem4d.datacube(cube.values)  # q = 0 is the first pixel: no origin
+    with pytest.raises(ValueError, match=r"dpc .* needs the origin, but cube has no origin "
+                                         r"set.*set_origin"):
+        dpc(bare)
+
+
+def test_dpc_follows_the_per_position_origin():
+    """A drifting beam over vacuum: no deflection once the per-position origin is used."""
+    cube, truth = crystal((8, 8), (48, 48), disk_radius=6.0, q_max=0.1, q_pixel_size=0.02,
+                          origin_drift=(0.3, -0.1, 0.2, 0.25), seed=4)
+    assert "qx0" in cube.coords  # the simulator sets the per-position origin
+    follow = dpc(cube, outer=0.2)
+    assert follow.attrs["follows_origin"] == 1
+    assert float(np.abs(follow.dpc_qx).max()) < 0.01
+    assert float(np.abs(follow.dpc_qy).max()) < 0.01
+    fixed = dpc(cube.drop_vars(["qx0", "qy0"]), outer=0.2)  # the mean origin only
+    assert fixed.attrs["follows_origin"] == 0
+    assert ncc(fixed.dpc_qx.values, truth.qx0.values) > 0.99
+    assert float(np.abs(fixed.dpc_qx).max()) > 0.1
+    lazy = dpc(cube.chunk({"rx": 4}), outer=0.2)
+    np.testing.assert_allclose(lazy.dpc_qx.values, follow.dpc_qx.values, atol=1e-6)
 
 
 # ------------------------------------------------------------------ orientation
@@ -239,10 +268,20 @@ def test_find_orientation_contrast_unresolved_and_noise(rot_deg, flip):
     assert -np.pi / 2 <= rot_free < np.pi / 2
     assert angle_error_deg(2 * rot_free, 2 * np.radians(rot_deg)) < 0.2
     assert free.attrs["ambiguity_resolved_by"].startswith("none")
-    with warnings.catch_warnings():  # the wrong flip leaves a symmetric phase: warned
-        warnings.simplefilter("ignore", UserWarning)
-        only = find_orientation(com, flips=(not flip,))
-    assert bool(only.scan_flip) is (not flip) and only.sizes["flip"] == 1
+    # forcing the wrong flip: no rotation removes the curl (its minimum is 7.6x that of
+    # the right flip here) and the integrated phase is nearly symmetric, which is warned
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        wrong = find_orientation(com, flips=(not flip,))
+    right = find_orientation(com, flips=(flip,))
+    assert wrong.sizes["flip"] == 1 and right.sizes["flip"] == 1
+    assert wrong.attrs["curl_min"][0] > 5 * right.attrs["curl_min"][0]
+    assert float(wrong.curl.min()) > 5 * float(right.curl.min())
+    assert abs(wrong.attrs["phase_skewness"]) < 0.05 < 1.0 < right.attrs["phase_skewness"]
+    assert any("nearly symmetric" in str(w.message) for w in caught)
+    assert angle_error_deg(float(right.scan_rotation), np.radians(rot_deg)) < 0.1
+    with pytest.raises(ValueError, match="high_pass must be a number, got 'low'"):
+        find_orientation(com, high_pass="low")
     # Poisson noise, 1e4 electrons per pattern
     noisy, _ = simulated(rot_deg, flip, dose=1e4)
     res = find_orientation(center_of_mass(noisy))
@@ -352,6 +391,10 @@ def test_plots_return_figures():
     assert "scan_flip True" in fig2.axes[0].get_title()
     fig3 = show_com(rotate_com(com, scan_rotation=0.4, scan_flip=False))
     assert "com_rx" in fig3.axes[0].get_title()
+    fig4 = show_com(dpc(cube, outer=1.2))  # the DPC signals, magnitude computed
+    assert len(fig4.axes) == 6 and "dpc_qx" in fig4.axes[0].get_title()
+    with pytest.raises(ValueError, match="dpc_qx/dpc_qy"):
+        show_com(com[["intensity"]])
     import matplotlib.pyplot as plt
 
     plt.close("all")

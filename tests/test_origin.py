@@ -133,6 +133,28 @@ def test_measure_origin_on_dask_is_lazy_and_equal(template):
                                measure_origin(eager)["qx0"].values, atol=1e-9)
 
 
+def test_xcorr_ffts_use_one_thread_inside_dask_tasks(template, monkeypatch):
+    from stem4d import _kernels
+
+    seen = []
+    real = _kernels.xcorr_peaks
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["workers"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_kernels, "xcorr_peaks", spy)
+    cube, _ = sim.crystal((4, 4), DET, chunks=2, seed=4)
+    measure_origin(cube, "xcorr", template=template, workers=4).compute(scheduler="sync")
+    assert seen and set(seen) == {1}  # dask runs the chunks in parallel
+    seen.clear()
+    measure_origin(cube.compute(), "xcorr", template=template, workers=4)
+    assert set(seen) == {4}
+    seen.clear()
+    measure_origin(cube.compute(), "xcorr", template=template)
+    assert set(seen) == {-1}
+
+
 def test_detector_mask_hides_a_hot_pixel(clean):
     cube, truth = clean
     data = cube.values.copy()
@@ -188,6 +210,11 @@ def test_measure_origin_bad_input(clean, template):
         measure_origin(cube, iterations=-1)
     with pytest.raises(ValueError, match="sigma must be"):
         measure_origin(cube, "max", sigma=-2)
+    for name in ("radius", "threshold", "sigma"):
+        with pytest.raises(ValueError, match=f"{name} must be a number, got 'wide'"):
+            measure_origin(cube, "max" if name == "sigma" else "com", **{name: "wide"})
+    with pytest.raises(ValueError, match="iterations must be a non-negative integer"):
+        measure_origin(cube, iterations=2.5)
     with pytest.raises(ValueError, match=r"mask must have the detector shape"):
         measure_origin(cube, mask=np.ones((16, 16), bool))
     with pytest.raises(ValueError, match="detector mask with dims"):
@@ -230,6 +257,37 @@ def test_fit_plane_residual_is_the_noise():
     np.testing.assert_array_equal(fit.qx0_measured, ds.qx0)
     assert np.abs(fit.qx0 - px).max() < 0.03 and fit.used.all()
     assert fit.qx0.attrs["units"] == "pixels" and fit.rx.attrs["units"] == "Å"
+
+
+def test_fitted_plane_residual_is_the_measurement_noise_on_simulated_data(noisy):
+    """Dose 50 (Poisson): the plane fit's residual RMS is the RMS of measured - truth."""
+    cube, truth = noisy
+    measured = measure_origin(cube, "com")
+    fit = fit_origin(measured, "plane")
+    for name in ("qx0", "qy0"):
+        error = measured[name].values - truth[name].values
+        noise = float(np.sqrt(np.mean(error**2)))
+        assert noise > 0.02  # the dose makes the noise real (measured ~0.045 px)
+        # 3 plane terms fitted to 256 positions take a fraction 3/256 of the variance
+        assert float(fit[f"{name}_rms"]) == pytest.approx(noise, rel=0.05)
+        # and the fitted plane is the true drift to well below the noise
+        assert np.sqrt(np.mean((fit[name].values - truth[name].values) ** 2)) < noise / 4
+
+
+def test_fit_origin_aligns_a_dataarray_mask_by_dims():
+    ds, px, py = _plane_ds(shape=(10, 12))
+    qx = ds.qx0.values.copy()
+    qx[:, 6:] += 5.0
+    mask = np.zeros((10, 12), bool)
+    mask[:, :6] = True
+    spoiled = ds.assign(qx0=ds.qx0.copy(data=qx))
+    transposed = xr.DataArray(mask.T, dims=("ry", "rx"))
+    fit = fit_origin(spoiled, "plane", mask=transposed)
+    np.testing.assert_allclose(fit.qx0, px, atol=1e-9)
+    np.testing.assert_array_equal(fit.used, mask)
+    with pytest.raises(ValueError, match=r"mask must be an \(rx, ry\) map .* got dims "
+                                         r"\('scan', 'ry'\)"):
+        fit_origin(spoiled, mask=xr.DataArray(mask, dims=("scan", "ry")))
 
 
 def test_robust_fit_ignores_outliers():
@@ -335,6 +393,15 @@ def test_fit_origin_bad_input():
         fit_origin(ds, robust=True, robust_steps=-1)
     with pytest.raises(ValueError, match="bezier_order must be"):
         fit_origin(ds, "bezier", bezier_order=0)
+    with pytest.raises(ValueError, match=r"bezier_order must be .* pair .*\(2, 2, 2\) "
+                                         r"\(3 values\)"):
+        fit_origin(ds, "bezier", bezier_order=(2, 2, 2))
+    with pytest.raises(ValueError, match="bezier_order must be an integer >= 1"):
+        fit_origin(ds, "bezier", bezier_order=(2, 1.5))
+    with pytest.raises(ValueError, match="robust_k must be a number, got 'two'"):
+        fit_origin(ds, robust=True, robust_k="two")
+    with pytest.raises(ValueError, match="robust_steps must be a number, got None"):
+        fit_origin(ds, robust=True, robust_steps=None)
 
 
 # ----------------------------------------------------------------- apply_origin

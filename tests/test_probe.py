@@ -9,6 +9,7 @@ import pytest
 import xarray as xr
 
 import stem4d as s4
+from stem4d import _kernels
 from stem4d import probe as P
 from stem4d.simulate import crystal, probe_disk
 
@@ -227,6 +228,64 @@ def test_probe_from_cube_roi_forms_and_dask(drifting_vacuum):
     np.testing.assert_allclose(one.values, cube.values[4, 4], rtol=1e-6)
 
 
+def test_probe_from_cube_whole_dask_cube_runs_chunk_by_chunk(drifting_vacuum):
+    """roi=None on a dask cube: every task handles one scan chunk, none the whole cube."""
+    from dask.callbacks import Callback
+
+    cube, _ = drifting_vacuum
+    lazy = cube.chunk({"rx": 3, "ry": 4})
+    largest = []
+
+    class Sizes(Callback):
+        def _posttask(self, key, result, dsk, state, worker_id):
+            largest.append(getattr(result, "nbytes", 0))
+
+    with Sizes():
+        got = P.probe_from_cube(lazy)
+    expect = P.probe_from_cube(cube)
+    np.testing.assert_allclose(got.values, expect.values, rtol=1e-5, atol=1e-6)
+    assert got.attrs["shift_rms"] == pytest.approx(expect.attrs["shift_rms"], abs=1e-6)
+    assert got.attrs["n_patterns"] == 100 and got.attrs["threshold"] == 0.2
+    assert max(largest) <= 3 * 4 * 64 * 64 * 4  # one float32 scan chunk at most
+    assert max(largest) < cube.nbytes / 5
+
+
+def test_measure_disk_flux_radius_is_the_unblurred_radius():
+    """A Gaussian blur s pulls the 50 % contour in by ~s^2 / 2r; the flux radius stays."""
+    for radius, edge in ((9.3, 1.2), (12.0, 2.0)):
+        img = probe_disk((64, 64), radius, center=(31.4, 32.2), edge_width=edge)
+        m = P.measure_disk(img)
+        assert abs(float(m.radius_flux) / radius - 1) < 0.002  # measured 0.07 %, 0.09 %
+        assert float(m.radius) / radius - 1 < -0.005  # measured -0.9 % and -1.5 %
+        assert m.radius_flux.attrs["units"] == "pixels"
+        assert m.attrs["plateau"] > m.attrs["background"]
+
+
+def test_numeric_parameters_name_the_argument():
+    probe = probe_disk((32, 32), 5.0, edge_width=0.5)
+    cube, _ = crystal((4, 4), (32, 32), disk_radius=5.0, q_max=1.0)
+    with pytest.raises(ValueError, match="radius must be a number, got 'big'"):
+        P.synthetic_probe((32, 32), "big", 0.5)
+    with pytest.raises(ValueError, match="width must be a number, got None"):
+        P.synthetic_probe((32, 32), 5.0, None)
+    with pytest.raises(ValueError, match="sigma must be a number, got 'wide'"):
+        P.kernel(probe, "gaussian", sigma="wide")
+    with pytest.raises(ValueError, match=r"radii\[1\] must be a number"):
+        P.kernel(probe, "sigmoid", radii=(4, "x"))
+    with pytest.raises(ValueError, match=r"roi\[1\] must be a number, got 'end'"):
+        P.probe_from_cube(cube, roi=(0, "end", 0, 2))
+    with pytest.raises(ValueError, match=r"roi\[2\] must be a whole scan index, got 1.5"):
+        P.probe_from_cube(cube, roi=(0, 2, 1.5, 3))
+    with pytest.raises(ValueError, match="threshold must be a number"):
+        P.vacuum_probe(probe, threshold="high")
+    with pytest.raises(ValueError, match="expansion must be a number, got 'wide'"):
+        P.vacuum_probe(probe, expansion="wide")
+    with pytest.raises(ValueError, match="thresh_upper must be a number, got 'top'"):
+        P.measure_disk(probe, thresh_upper="top")
+    with pytest.raises(ValueError, match="n must be a number, got 'many'"):
+        P.measure_disk(probe, n="many")
+
+
 def test_xcorr_shifts_known_answer():
     rng = np.random.default_rng(3)
     shifts = rng.uniform(-3, 3, (20, 2))
@@ -234,8 +293,11 @@ def test_xcorr_shifts_known_answer():
     stack = np.stack([probe_disk((64, 60), 8.0, center=c0 + s, edge_width=0.5).values
                       for s in shifts])
     ref = probe_disk((64, 60), 8.0, center=c0, edge_width=0.5).values
-    found = P._xcorr_shifts(stack, ref)
+    found, _ = _kernels.xcorr_peaks(stack, _kernels.reference_spectrum(ref))
     assert np.abs(found - shifts).max() < 0.01
+    # one batched implementation serves both probe alignment and origin measurement
+    coarse, _ = _kernels.xcorr_peaks(stack, _kernels.reference_spectrum(ref), upsample=1)
+    assert np.abs(coarse - shifts).max() < 0.2
 
 
 # ------------------------------------------------------------------ kernels
@@ -261,33 +323,54 @@ def test_flat_kernel_sums_to_one_and_is_centred_on_corner(off_centre_probe, bili
 @pytest.mark.parametrize("mode,kw", [("gaussian", {"sigma": 4.0}),
                                      ("sigmoid", {"radii": (8.0, 12.0)}),
                                      ("sigmoid_log", {"radii": (8.0, 12.0)})])
-def test_edge_kernels_normalization_and_trench(off_centre_probe, mode, kw):
+def test_edge_kernels_normalization_and_shape(off_centre_probe, mode, kw):
     flat = P.kernel(off_centre_probe, "flat")
     k = P.kernel(off_centre_probe, mode, **kw)
-    assert abs(float(k.sum())) < 1e-5
-    trench = (flat - k).values.astype(float)  # what was subtracted
-    assert trench.sum() == pytest.approx(1.0, abs=1e-5)
-    assert trench.min() >= -1e-7
+    assert abs(float(k.sum())) < 1e-5  # 0 after the subtraction
+    soft = (flat - k).values.astype(float)  # what was subtracted: sums to 1 before
+    assert soft.sum() == pytest.approx(1.0, abs=1e-5)
+    assert soft.min() >= -1e-7
     # centred on [0, 0]: symmetric under p -> -p (mod n)
-    mirrored = np.roll(trench[::-1, ::-1], (1, 1), axis=(0, 1))
-    np.testing.assert_allclose(trench, mirrored, atol=1e-7)
+    mirrored = np.roll(soft[::-1, ::-1], (1, 1), axis=(0, 1))
+    np.testing.assert_allclose(soft, mirrored, atol=1e-7)
     dx = np.fft.fftfreq(64) * 64
     dy = np.fft.fftfreq(60) * 60
     rho = np.hypot(dx[:, None], dy[None, :])
     if mode == "gaussian":
         expect = np.exp(-(rho**2) / 32.0)
-        np.testing.assert_allclose(trench, expect / expect.sum(), atol=1e-7)
+        np.testing.assert_allclose(soft, expect / expect.sum(), atol=1e-7)
+        return
+    # py4DSTEM's shape: a soft disk, 1 inside r0, falling to exactly 0 at r1 and beyond
+    inner = soft[rho <= 8.0]
+    np.testing.assert_allclose(inner, inner.max(), rtol=1e-5)
+    assert np.all(np.abs(soft[rho >= 12.0]) < 1e-9)
+    mid = rho == 10.0  # mid-way: half the plateau (both profiles)
+    assert mid.sum() >= 8
+    np.testing.assert_allclose(soft[mid], 0.5 * inner.max(), rtol=1e-5)
+    x = np.clip((rho - 8.0) / 4.0, 0, 1)
+    if mode == "sigmoid":
+        prof = np.cos(0.5 * np.pi * x) ** 2
     else:
-        assert np.all(trench[rho <= 8.0] == 0)
-        outer = trench[rho >= 12.0]
-        np.testing.assert_allclose(outer, outer.max(), rtol=1e-5)
-        mid = rho == 10.0  # mid-way: half the outer level (both profiles)
-        assert mid.sum() >= 8
-        np.testing.assert_allclose(trench[mid], 0.5 * outer.max(), rtol=1e-5)
-        if mode == "sigmoid":
-            x = np.clip((rho - 8.0) / 4.0, 0, 1)
-            prof = np.sin(0.5 * np.pi * x) ** 2
-            np.testing.assert_allclose(trench, prof / prof.sum(), atol=1e-7)
+        a, b = 1 / (1 + np.exp(2.0)), 1 / (1 + np.exp(-2.0))  # logistic at r1, at r0
+        prof = (1 / (1 + np.exp(4.0 * x - 2.0)) - a) / (b - a)
+        quarter = np.isclose(rho, 9.0)  # logistic, not sine-squared, at r0 + (r1 - r0)/4
+        assert quarter.any()
+        assert not np.allclose(soft[quarter] / inner.max(), np.cos(np.pi / 8) ** 2, rtol=1e-3)
+    prof[rho >= 12.0] = 0
+    np.testing.assert_allclose(soft, prof / prof.sum(), atol=1e-7)
+    # the kernel: 0 beyond r1 (the probe, radius 7, is ~0 there), positive on the probe,
+    # negative only in the annulus between the probe's edge and r1
+    # (the Fourier shift to the corner rings at 1.4e-3 of the probe peak; bilinear is exact)
+    kv = k.values.astype(float)
+    tol = 2e-3 * float(flat.max())
+    assert np.all(np.abs(kv[rho >= 12.0]) < tol)
+    exact = P.kernel(off_centre_probe, mode, bilinear=True, **kw).values.astype(float)
+    assert np.all(np.abs(exact[rho >= 12.0]) < 1e-9)
+    for values in (kv, exact):
+        assert np.all(values[rho <= 6.0] > 0)
+        negative = values < -tol
+        assert negative.sum() > 100
+        assert rho[negative].min() > 6.0 and rho[negative].max() < 12.0
 
 
 def test_kernel_on_dask_backed_probe(off_centre_probe):

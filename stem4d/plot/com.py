@@ -29,13 +29,14 @@ def _map(ax: Any, fig: Any, image: xr.DataArray, title: str, cmap: str) -> None:
 
 def show_com(com: xr.Dataset, phase: xr.DataArray | None = None, *,
              figsize: tuple[float, float] | None = None) -> Any:
-    """Maps of the centre of mass: ``com_qx``, ``com_qy``, magnitude, and the iDPC phase.
+    """Maps of the centre of mass or DPC signal, its magnitude, and the iDPC phase.
 
     Parameters
     ----------
     com
-        Dataset of :func:`stem4d.center_of_mass` (detector frame) or of
-        :func:`stem4d.rotate_com` (``com_rx``/``com_ry``, scan frame).
+        Dataset of :func:`stem4d.center_of_mass` (``com_qx``/``com_qy``, detector frame),
+        of :func:`stem4d.rotate_com` (``com_rx``/``com_ry``, scan frame) or of
+        :func:`stem4d.dpc` (``dpc_qx``/``dpc_qy``, dimensionless, detector frame).
     phase
         Optional ``(rx, ry)`` phase of :func:`stem4d.integrate_com`, shown last.
 
@@ -44,14 +45,13 @@ def show_com(com: xr.Dataset, phase: xr.DataArray | None = None, *,
     The matplotlib figure.
     """
     if not isinstance(com, xr.Dataset):
-        raise TypeError(f"com must be a centre-of-mass Dataset, got {type(com).__name__}")
-    if "com_qx" in com:
-        names = ["com_qx", "com_qy"]
-    elif "com_rx" in com:
-        names = ["com_rx", "com_ry"]
-    else:
+        raise TypeError(f"com must be a centre-of-mass or DPC Dataset, got {type(com).__name__}")
+    pairs = (["com_qx", "com_qy"], ["com_rx", "com_ry"], ["dpc_qx", "dpc_qy"])
+    names = next((pair for pair in pairs if all(n in com for n in pair)), None)
+    if names is None:
         raise ValueError(
-            f"com must hold com_qx/com_qy or com_rx/com_ry, got {list(com.data_vars)}")
+            "com must hold com_qx/com_qy (stem4d.center_of_mass), com_rx/com_ry "
+            f"(stem4d.rotate_com) or dpc_qx/dpc_qy (stem4d.dpc), got {list(com.data_vars)}")
     panels = [(com[n], n, "RdBu_r") for n in names]
     magnitude = com["com_magnitude"] if "com_magnitude" in com else np.hypot(
         com[names[0]], com[names[1]]).assign_attrs(units=com[names[0]].attrs.get("units", ""))

@@ -7,20 +7,12 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ..datacube import _as_pattern as _shared_as_pattern
 from ._common import _label, _pattern_axes, _pyplot
 
 
 def _as_pattern(image: Any) -> xr.DataArray:
-    if isinstance(image, xr.DataArray):
-        if set(image.dims) != {"qx", "qy"}:
-            raise ValueError(f"image must have dims ('qx', 'qy'), got {tuple(image.dims)}")
-        return image.transpose("qx", "qy")
-    values = np.asarray(image)
-    if values.ndim != 2:
-        raise ValueError(f"image must be 2-D (qx, qy), got shape {values.shape}")
-    return xr.DataArray(values, dims=("qx", "qy"), coords={
-        "qx": ("qx", np.arange(values.shape[0]), {"units": "pixels"}),
-        "qy": ("qy", np.arange(values.shape[1]), {"units": "pixels"})})
+    return _shared_as_pattern(image if hasattr(image, "ndim") else np.asarray(image), "image")
 
 
 def _to_coords(pattern: xr.DataArray, ix: float, iy: float, r: float
