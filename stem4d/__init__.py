@@ -87,10 +87,17 @@ _LAZY_FUNCTIONS = {
     "integrate_com": "stem4d.com",
     "idpc": "stem4d.com",
     "set_orientation": "stem4d.orientation",
+    "find_bragg_disks": "stem4d.bragg",
+    "calibrate_vectors": "stem4d.bragg_vectors",
+    "bragg_vector_map": "stem4d.bragg_vectors",
+    "mask_peaks": "stem4d.bragg_vectors",
+    "vector_virtual_image": "stem4d.bragg_vectors",
+    "origin_from_vectors": "stem4d.bragg_vectors",
     "get_orientation": "stem4d.orientation",
 }
 _LAZY_MODULES = {"detectors", "virtual", "io", "preprocess", "simulate", "plot", "cli", "probe",
-                 "origin", "calibrate", "com", "orientation", "ptycho"}
+                 "origin", "calibrate", "com", "orientation", "ptycho", "bragg",
+                 "bragg_vectors"}
 
 
 def __getattr__(name: str) -> Any:

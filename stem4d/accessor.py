@@ -67,6 +67,12 @@ _FORWARDS = {
     "set_orientation": "stem4d.orientation:set_orientation",
     "get_orientation": "stem4d.orientation:get_orientation",
     "probe_kernel": "stem4d.probe:kernel",
+    "find_bragg_disks": "stem4d.bragg:find_bragg_disks",
+    "calibrate_vectors": "stem4d.bragg_vectors:calibrate_vectors",
+    "bragg_vector_map": "stem4d.bragg_vectors:bragg_vector_map",
+    "mask_peaks": "stem4d.bragg_vectors:mask_peaks",
+    "vector_virtual_image": "stem4d.bragg_vectors:vector_virtual_image",
+    "origin_from_vectors": "stem4d.bragg_vectors:origin_from_vectors",
 }
 
 
