@@ -4,6 +4,8 @@ Run with the peers virtualenv (PtyRAD, torch 2.13.0 CPU), not stem4d's::
 
     /work/peers/bin/python benchmarks/ptyrad_runner.py data.npz --niter 20 --out ptyrad.npz
     /work/peers/bin/python benchmarks/ptyrad_runner.py --self-test        # 40x40 scan, 96 px
+    /work/peers/bin/python benchmarks/ptyrad_runner.py data.npz --track   # NCC per iteration
+    /work/peers/bin/python benchmarks/ptyrad_runner.py --params p.yaml    # = `ptyrad run p.yaml`
 
 Input: an ``.npz`` as described in ``_ptycho_common.py`` (patterns ``(N, ky, kx)``,
 scan shape, scan step Å, detector ``dk`` 1/Å, kV, convergence mrad, defocus Å).
@@ -26,8 +28,21 @@ PtyRAD is driven programmatically as its tutorial notebook does: a params dict w
 ``model_params``, ``loss_params``, ``constraint_params`` and ``recon_params`` is
 validated by ``PtyRADParams`` (defaults filled) and run by ``PtyRADSolver(...).run()``.
 Settings: single slice, 1 probe mode, 1 object mode, batch 32 (random groups), Adam with
-PtyRAD's default learning rates, no position refinement (the positions are exact),
-PtyRAD's default constraints, no intermediate saving, float32, device CPU, 1 thread.
+PtyRAD's default learning rates, no position refinement and no initial random
+displacement of the positions (``pos_scan_rand_std`` 0: the positions are exact; PtyRAD's
+default is 0.15 px), PtyRAD's default constraints, no intermediate saving, float32,
+device CPU, 1 thread.
+
+``--track`` records the object phase after every iteration (a wrapper around PtyRAD's
+``recon_step``, which runs one iteration including its constraints); the copies are
+timed and subtracted, and the NCC of each is computed after the run. Times are counted
+from the start of the setup (``PtyRADSolver`` construction), so the time to reach an
+NCC includes PtyRAD's initialization.
+
+``--params FILE`` runs a PtyRAD parameter file the way ``ptyrad run FILE`` does
+(``load_params(FILE, validate=True)``, ``PtyRADSolver(params, device=cpu).run()``,
+results written as the file says), with the two import fixes; ``--truth`` (an input
+``.npz`` with ``truth_phase``) adds the NCC of the result.
 """
 
 from __future__ import annotations
@@ -131,7 +146,7 @@ def _install_plotting_patch() -> str:
 
 # ----------------------------------------------------------------------- params
 def build_params(data: dict, niter: int, batch: int, seed: int, output_dir: str,
-                 position_lr: float) -> dict:
+                 position_lr: float, rand_std: float = 0.0) -> dict:
     """The PtyRAD params dict for a single-slice, 1-probe-mode reconstruction."""
     pats = data["patterns"]
     slow, fast = data["scan_shape"]
@@ -147,6 +162,7 @@ def build_params(data: dict, niter: int, batch: int, seed: int, output_dir: str,
             "pos_N_scan_slow": int(slow),
             "pos_N_scan_fast": int(fast),
             "pos_scan_step_size": data["scan_step"],
+            "pos_scan_rand_std": rand_std,
             "meas_calibration": {"mode": "dk", "value": data["dk"]},
             "probe_pmode_max": 1,
             "obj_omode_max": 1,
@@ -184,9 +200,7 @@ def build_params(data: dict, niter: int, batch: int, seed: int, output_dir: str,
 
 
 # -------------------------------------------------------------------------- run
-def run(data: dict, niter: int, batch: int, seed: int, out: str | None,
-        position_lr: float, verbose: bool) -> dict:
-    t_imp = time.perf_counter()
+def _import_ptyrad(verbose: bool):
     _install_torchvision_shim()
     plotting = _install_plotting_patch()
     import torch
@@ -196,21 +210,72 @@ def run(data: dict, niter: int, batch: int, seed: int, out: str | None,
         torch.set_num_interop_threads(1)
     except RuntimeError:
         pass
-    import ptyrad
-    from ptyrad.params.ptyrad_params import PtyRADParams
-    from ptyrad.solver import PtyRADSolver
-
     if verbose:
         from ptyrad.runtime.logging import LoggingManager
 
         LoggingManager(log_file=None, log_dir=None, show_timestamp=True)
+    return torch, plotting
+
+
+def _tracker(t0: float):
+    """Wrap PtyRAD's per-iteration ``recon_step`` to keep the phase after each iteration.
+
+    Returns the record dict: ``times`` (s since ``t0`` at the end of each iteration, the
+    time spent copying subtracted) and ``phases``.
+    """
+    import ptyrad.solver.reconstruction as recon
+
+    record = {"times": [], "phases": [], "overhead": 0.0}
+    original = recon.recon_step
+
+    def tracked(*args, **kwargs):
+        out = original(*args, **kwargs)
+        t = time.perf_counter()
+        model = args[2]
+        model = model.module if hasattr(model, "module") else model
+        record["phases"].append(model.opt_objp.detach().cpu().numpy()[0].sum(0).copy())
+        record["times"].append(t - t0 - record["overhead"])
+        record["overhead"] += time.perf_counter() - t
+        return out
+
+    recon.recon_step = tracked
+    return record
+
+
+def _tracked_summary(record: dict, data: dict, setup_s: float) -> dict:
+    from _ptycho_common import aligned_ncc
+
+    times = record["times"]
+    ends = [setup_s, *times]
+    its = [b - a for a, b in zip(ends[:-1], ends[1:], strict=True)]
+    out = {"setup_seconds": setup_s, "iteration_end_seconds": times,
+           "tracking_overhead_seconds": record["overhead"],
+           "first_iteration_seconds": its[0] if its else float("nan"),
+           "seconds_per_iteration_after_first": float(np.mean(its[1:])) if len(its) > 1
+           else float("nan")}
+    if "truth_phase" in data:
+        out["ncc_per_iteration"] = [
+            aligned_ncc(ph, data["truth_phase"], data["truth_centers"])[0]
+            for ph in record["phases"]]
+    return out
+
+
+def run(data: dict, niter: int, batch: int, seed: int, out: str | None,
+        position_lr: float, verbose: bool, track: bool = False, rand_std: float = 0.0) -> dict:
+    t_imp = time.perf_counter()
+    torch, plotting = _import_ptyrad(verbose)
+    import ptyrad
+    from ptyrad.params.ptyrad_params import PtyRADParams
+    from ptyrad.solver import PtyRADSolver
+
     import_s = time.perf_counter() - t_imp
 
     t_init = time.perf_counter()
+    record = _tracker(t_init) if track else None
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        params = build_params(data, niter, batch, seed, tmp, position_lr)
+        params = build_params(data, niter, batch, seed, tmp, position_lr, rand_std)
         params = PtyRADParams(**params).model_dump()
         params["params_path"] = None
         solver = PtyRADSolver(params, device=torch.device("cpu"), seed=seed)
@@ -241,7 +306,10 @@ def run(data: dict, niter: int, batch: int, seed: int, out: str | None,
         "run_seconds": run_s,
         "total_seconds": _process_seconds(),
         "plotting_module": plotting,
+        "pos_scan_rand_std": rand_std,
     }
+    if record is not None:
+        result.update(_tracked_summary(record, data, init_s))
     dx = float(model.dx.detach().cpu())
     centers = (model.crop_pos.detach().cpu().numpy() + np.array(model.opt_probe.shape[-3:-1]) // 2
                + model.opt_probe_pos_shifts.detach().cpu().numpy())
@@ -255,6 +323,35 @@ def run(data: dict, niter: int, batch: int, seed: int, out: str | None,
                  probe_centers=centers.astype(np.float32),
                  iteration_seconds=np.array(iter_times))
         result["output"] = str(out)
+    return result
+
+
+def run_params_file(path: str, truth: str | None, seed: int | None, verbose: bool) -> dict:
+    """Run a PtyRAD parameter file as ``ptyrad run`` does (on the CPU, one thread)."""
+    torch, plotting = _import_ptyrad(verbose)
+    import ptyrad
+    from ptyrad.params import load_params
+    from ptyrad.solver import PtyRADSolver
+
+    t0 = time.perf_counter()
+    params = load_params(path, validate=True)
+    if seed is None:
+        seed = params["init_params"].get("random_seed")
+    solver = PtyRADSolver(params, device=torch.device("cpu"), seed=seed)
+    solver.run()
+    run_s = time.perf_counter() - t0
+    model = solver.reconstruct_results
+    result = {"tool": "ptyrad", "version": ptyrad.__version__, "params": path,
+              "niter": params["recon_params"]["NITER"],
+              "seconds_per_iteration": float(np.mean(model.iter_times)),
+              "run_seconds": run_s, "plotting_module": plotting,
+              "total_seconds": _process_seconds()}
+    if truth:
+        from _ptycho_common import aligned_ncc, load_inputs
+
+        ref = load_inputs(truth)
+        phase = model.opt_objp.detach().cpu().numpy()[0].sum(0)
+        result["ncc"] = aligned_ncc(phase, ref["truth_phase"], ref["truth_centers"])[0]
     return result
 
 
@@ -283,7 +380,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--npix", type=int, default=96, help="self-test detector size")
     p.add_argument("--save-input", default=None, help="self-test: also save the input .npz")
     p.add_argument("--verbose", action="store_true", help="PtyRAD's own log")
+    p.add_argument("--track", action="store_true",
+                   help="keep the phase after every iteration and report its NCC")
+    p.add_argument("--rand-std", type=float, default=0.0,
+                   help="pos_scan_rand_std, px (initial random displacement; PtyRAD's "
+                   "default is 0.15)")
+    p.add_argument("--params", default=None,
+                   help="run this PtyRAD parameter file as `ptyrad run` does")
+    p.add_argument("--truth", default=None,
+                   help="with --params: an input .npz whose truth_phase scores the result")
     args = p.parse_args(argv)
+    if args.params:
+        print(json.dumps(run_params_file(args.params, args.truth, None, args.verbose)))
+        return
     if args.self_test:
         from _ptycho_common import simulate
 
@@ -298,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         p.error("give an input .npz or --self-test")
     result = run(data, args.niter, args.batch, args.seed, args.out, args.position_lr,
-                 args.verbose)
+                 args.verbose, track=args.track, rand_std=args.rand_std)
     print(json.dumps(result))
 
 

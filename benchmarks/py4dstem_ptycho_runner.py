@@ -18,6 +18,12 @@ data), then ``reconstruct`` with gradient descent, ``max_batch_size=32``, step s
 0.5 and py4DSTEM's default constraints, positions fixed. Seconds per iteration: the
 first iteration is timed alone (``reconstruct(num_iter=1, reset=True)``) and the rest
 together (``reconstruct(num_iter=N-1, reset=False)``).
+
+``--track`` instead runs ``reconstruct(num_iter=N, reset=True)`` once and records the
+object phase after every iteration (a wrapper around the instance's ``_constraints``,
+which py4DSTEM calls once at the end of each iteration); the copies are timed and
+subtracted, the NCC of each is computed after the run. Times are counted from the
+start of the setup (``SingleslicePtychography`` construction and ``preprocess``).
 """
 
 from __future__ import annotations
@@ -38,8 +44,25 @@ pin_threads(int(os.environ.get("BENCH_CPU", "0")))
 import numpy as np  # noqa: E402
 
 
+def _track(ptycho, t0: float) -> dict:
+    """Record the phase after every iteration (see the module docstring)."""
+    record = {"times": [], "phases": [], "overhead": 0.0}
+    original = ptycho._constraints
+
+    def tracked(*args, **kwargs):
+        out = original(*args, **kwargs)
+        t = time.perf_counter()
+        record["phases"].append(np.angle(np.asarray(out[0])).copy())
+        record["times"].append(t - t0 - record["overhead"])
+        record["overhead"] += time.perf_counter() - t
+        return out
+
+    ptycho._constraints = tracked
+    return record
+
+
 def run(data: dict, niter: int, batch: int, seed: int, out: str | None,
-        com_rotation: float, com_transpose: bool) -> dict:
+        com_rotation: float, com_transpose: bool, track: bool = False) -> dict:
     t_imp = time.perf_counter()
     import py4DSTEM
 
@@ -72,14 +95,23 @@ def run(data: dict, niter: int, batch: int, seed: int, out: str | None,
 
     common = {"max_batch_size": batch, "step_size": 0.5, "seed_random": seed,
               "progress_bar": False}
-    t0 = time.perf_counter()
-    ptycho = ptycho.reconstruct(num_iter=1, reset=True, **common)
-    first = time.perf_counter() - t0
-    rest = 0.0
-    if niter > 1:
-        t1 = time.perf_counter()
-        ptycho = ptycho.reconstruct(num_iter=niter - 1, reset=False, **common)
-        rest = time.perf_counter() - t1
+    record = None
+    if track:
+        record = _track(ptycho, t_init)
+        t0 = time.perf_counter()
+        ptycho = ptycho.reconstruct(num_iter=niter, reset=True, **common)
+        total = time.perf_counter() - t0 - record["overhead"]
+        first = record["times"][0] - init_s
+        rest = total - first
+    else:
+        t0 = time.perf_counter()
+        ptycho = ptycho.reconstruct(num_iter=1, reset=True, **common)
+        first = time.perf_counter() - t0
+        rest = 0.0
+        if niter > 1:
+            t1 = time.perf_counter()
+            ptycho = ptycho.reconstruct(num_iter=niter - 1, reset=False, **common)
+            rest = time.perf_counter() - t1
     obj = np.asarray(ptycho.object)
     phase = np.angle(obj)
     result = {
@@ -103,6 +135,21 @@ def run(data: dict, niter: int, batch: int, seed: int, out: str | None,
 
         ncc, shift = aligned_ncc(phase, data["truth_phase"], data["truth_centers"])
         result["ncc"], result["ncc_shift_px"] = ncc, shift
+    if record is not None:
+        times = record["times"]
+        ends = [init_s, *times]
+        its = [b - a for a, b in zip(ends[:-1], ends[1:], strict=True)]
+        result.update({"setup_seconds": init_s, "iteration_end_seconds": times,
+                       "tracking_overhead_seconds": record["overhead"],
+                       "first_iteration_seconds": its[0],
+                       "seconds_per_iteration_after_first": float(np.mean(its[1:]))
+                       if len(its) > 1 else float("nan")})
+        if "truth_phase" in data:
+            from _ptycho_common import aligned_ncc
+
+            result["ncc_per_iteration"] = [
+                aligned_ncc(ph, data["truth_phase"], data["truth_centers"])[0]
+                for ph in record["phases"]]
     if out:
         np.savez(out, object_phase=phase.astype(np.float32),
                  dx=float(ptycho.sampling[0]),
@@ -136,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="simulate a 40x40 scan of 96x96 patterns and reconstruct it")
     p.add_argument("--scan", type=int, default=40, help="self-test scan size")
     p.add_argument("--npix", type=int, default=96, help="self-test detector size")
+    p.add_argument("--track", action="store_true",
+                   help="keep the phase after every iteration and report its NCC")
     args = p.parse_args(argv)
     if args.self_test:
         from _ptycho_common import simulate
@@ -149,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         p.error("give an input .npz or --self-test")
     result = run(data, args.niter, args.batch, args.seed, args.out, args.com_rotation,
-                 args.com_transpose)
+                 args.com_transpose, track=args.track)
     print(json.dumps(result))
 
 

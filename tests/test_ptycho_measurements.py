@@ -457,3 +457,50 @@ def test_prepare_lazy_steps_do_not_compute_the_data(rng, monkeypatch):
                 m.crop(cube, qx=(2, 30)), m.to_stack(cube), m.pad(cube, 40, "constant"),
                 s4.calibrate_q(cube, "dk", 0.1)):
         assert isinstance(out.data, da.Array)
+
+
+def test_prepare_from_ptyrad_params_matches_the_same_chain(rng, tmp_path):
+    from stem4d.ptycho.params import from_ptyrad
+
+    data = _ptyrad_like_data(rng)
+    stored = np.ascontiguousarray(data.transpose(2, 3, 0, 1))  # (ky, kx, Ry, Rx) file
+    np.save(tmp_path / "scan.npy", stored)
+    ptyrad = {
+        "init_params": {
+            "probe_kv": 300, "probe_conv_angle": 25.0, "meas_Npix": 32,
+            "pos_N_scan_slow": 6, "pos_N_scan_fast": 5, "pos_scan_step_size": 0.4,
+            "probe_pmode_max": 1, "obj_Nlayer": 1, "obj_slice_thickness": 1.0,
+            "meas_params": {"path": "scan.npy"}, "meas_permute": [2, 3, 0, 1],
+            "meas_reshape": [-1, 32, 32], "meas_flipT": [1, 0, 1],
+            "meas_crop": [[1, 5], None, [2, 30], [2, 30]],
+            "meas_normalization": {"mode": "sum_to_one"},
+            "meas_pad": {"mode": "precompute", "padding_type": "power", "target_Npix": 40},
+            "meas_resample": {"mode": "precompute", "scale_factors": [1.5, 1.5]},
+            "meas_add_detector_blur": 0.5, "random_seed": 3,
+        },
+    }
+    params = from_ptyrad(ptyrad, strict=True)
+    assert params.scan.shape == (4, 5) and params.detector.shape == 60
+    # the path is relative: found from base_dir (the parameter file's folder)
+    out = m.prepare_from_params(params, base_dir=tmp_path)
+    ref = m.prepare_measurements(
+        tmp_path / "scan.npy", permute=[2, 3, 0, 1], reshape=[-1, 32, 32], scan_shape=(6, 5),
+        scan_step=0.4, beam_energy=300e3, convergence_semiangle=25.0, flipT=[1, 0, 1],
+        calibration={"mode": "fitRBF"}, crop=[[1, 5], None, [2, 30], [2, 30]],
+        normalization="sum_to_one", pad={"target": 40, "kind": "power"},
+        resample={"factor": 1.5}, detector_blur=0.5)
+    np.testing.assert_allclose(out.values, ref.values, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(out.qx.values, ref.qx.values)
+    assert out.sizes["scan"] == params.scan.count and out.sizes["qx"] == params.detector.shape
+    # an array given directly replaces the file; Poisson noise takes the params' seed
+    noisy = from_ptyrad({**ptyrad, "init_params": {
+        **ptyrad["init_params"], "meas_add_poisson_noise": {"unit": "total_e_per_pattern",
+                                                            "value": 1000}}}, strict=True)
+    a = m.prepare_from_params(noisy, source=stored)
+    b = m.prepare_from_params(noisy, source=stored)
+    np.testing.assert_array_equal(a.values, b.values)
+    with pytest.raises(FileNotFoundError, match="scan.npy"):
+        m.prepare_from_params(params)  # not in the working directory, no base_dir
+    params.measurements.pop("source")
+    with pytest.raises(ValueError, match="no measurements: set measurements.source"):
+        m.prepare_from_params(params)

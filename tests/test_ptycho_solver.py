@@ -79,8 +79,9 @@ def test_forward_model_matches_independent_numpy_simulation(slices):
     np.testing.assert_allclose(np.asarray(again), model, atol=1e-6 * model.max())
 
 
-@pytest.mark.parametrize("loss", ["amplitude", "poisson"])
-def test_gradients_match_finite_differences(loss):
+@pytest.mark.parametrize(("loss", "reduction"), [("amplitude", "mean"), ("poisson", "mean"),
+                                               ("amplitude", "rms")])
+def test_gradients_match_finite_differences(loss, reduction):
     previous = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", True)
     try:
@@ -89,7 +90,7 @@ def test_gradients_match_finite_differences(loss):
         spec = M.ModelSpec(window=n, object_shape=shape, probe_modes=2, object_modes=2,
                            slices=2, occupancies=(0.6, 0.4), wavelength=0.0197,
                            pixel_size=0.3, slice_thickness=4.0, loss=loss,
-                           train_positions=True)
+                           reduction=reduction, train_positions=True)
         variables = {
             "object_amplitude": jnp.asarray(1 + 0.1 * rng.normal(size=(2, 2, *shape))),
             "object_phase": jnp.asarray(0.3 * rng.normal(size=(2, 2, *shape))),
@@ -230,6 +231,18 @@ def test_scan_positions_affine_jitter_and_given():
     jit2 = scan_positions(ScanParams(shape=(3, 4), step=1.0, jitter=0.5), 0.2, seed=4)
     np.testing.assert_array_equal(jit1, jit2)
     assert 0.02 < np.std(jit1 - scan_positions(ScanParams(shape=(3, 4), step=1.0), 0.2, 4)) < 0.2
+    # PtyRAD / PtychoShelves affine: p' = p @ (scale · A(asym) · R(rot) · S(shear)) about
+    # the centre, with R = [[cos, sin], [-sin, cos]] and S = [[1, 0], [tan, 1]]
+    scale, asym, rot, shear = 1.1, 0.2, 30.0, 10.0
+    r, sh = np.radians(rot), np.radians(shear)
+    a = (np.array([[scale, 0], [0, scale]]) @ np.diag([1 + asym / 2, 1 - asym / 2])
+         @ np.array([[np.cos(r), np.sin(r)], [-np.sin(r), np.cos(r)]])
+         @ np.array([[1, 0], [np.tan(sh), 1]]))
+    plain = scan_positions(ScanParams(shape=(3, 4), step=1.0), 0.2, 0)
+    moved = scan_positions(ScanParams(shape=(3, 4), step=1.0, affine=(scale, asym, rot, shear)),
+                           0.2, 0)
+    centre = plain.mean(axis=0)
+    np.testing.assert_allclose(moved, (plain - centre) @ a + centre, atol=1e-12)
     given = [(0.5 * i, -0.3 * i) for i in range(6)]
     np.testing.assert_allclose(scan_positions(ScanParams(shape=(2, 3), positions=given), 0.2, 0),
                                given)
@@ -248,3 +261,75 @@ def test_multislice_object_modes_and_position_updates_run(sim8):
     moved = out["positions"]["positions"].values - out["positions"]["initial_positions"].values
     assert 0 < np.abs(moved).max() < 1.0
     assert np.all(np.isfinite(out["loss"]["loss"].values))
+
+
+def test_constraints_on_their_schedules():
+    from stem4d.ptycho.params import ConstraintParams
+    from stem4d.ptycho.solver import _due_constraints, _make_constraints
+
+    rng = np.random.default_rng(3)
+    spec = M.ModelSpec(window=8, object_shape=(20, 22), probe_modes=3, slices=3,
+                       train_positions=True)
+    cons = ConstraintParams(
+        orthogonalize_probe_modes={"start": 1, "every": 2},
+        fix_probe_intensity=True,
+        object_blur={"sigma": 0.8, "kernel_size": 5, "target": "phase"},
+        slice_blur={"sigma": 1.0, "kernel_size": 3, "target": "amplitude"},
+        object_amplitude_range={"range": [0.9, 1.05], "relax": 0.25},
+        positive_phase={"start": 2}, recenter_positions={"relax": 0.5})
+    assert _due_constraints(cons, spec, 0) == (False, True, True, True, True, False, True)
+    assert _due_constraints(cons, spec, 1)[:1] == (True,)
+    assert _due_constraints(cons, M.ModelSpec(window=8, object_shape=(20, 22)), 1) == (
+        False, True, True, False, True, False, False)  # 1 mode, 1 slice, fixed positions
+    initial = rng.uniform(0, 5, (6, 2)).astype(np.float32)
+    amp = rng.uniform(0.8, 1.2, (1, 3, 20, 22)).astype(np.float32)
+    phase = rng.normal(0, 0.3, (1, 3, 20, 22)).astype(np.float32)
+    probe = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
+    pos = initial + np.float32(0.3)
+    constrain = _make_constraints(spec, 64.0, cons, jnp.asarray(initial))
+    out = constrain({"object_amplitude": jnp.asarray(amp), "object_phase": jnp.asarray(phase),
+                     "probe": jnp.asarray(probe), "positions": jnp.asarray(pos)},
+                    (True,) * 7)
+    # probe: orthogonal modes ordered by power, total intensity 64
+    c = np.asarray(out["probe"][0]) + 1j * np.asarray(out["probe"][1])
+    gram = np.einsum("mxy,nxy->mn", c.conj(), c)
+    assert np.allclose(gram - np.diag(np.diag(gram)), 0, atol=1e-3 * abs(gram[0, 0]))
+    assert np.all(np.diff(np.diag(gram).real) <= 0)
+    assert np.sum(np.abs(c) ** 2) == pytest.approx(64.0, rel=1e-5)
+    # phase: lateral Gaussian blur (reflected edges, 5-tap kernel), then clipped at 0
+    from scipy.ndimage import convolve1d
+
+    x = np.arange(5) - 2.0
+    g = np.exp(-0.5 * (x / 0.8) ** 2)
+    g /= g.sum()
+    blurred = convolve1d(convolve1d(phase, g, axis=-2, mode="mirror"), g, axis=-1,
+                         mode="mirror")
+    np.testing.assert_allclose(np.asarray(out["object_phase"]), np.maximum(blurred, 0),
+                               atol=1e-5)
+    # amplitude: 3-tap blur across slices (edge slices repeated), then a relaxed clip
+    g3 = np.exp(-0.5 * (np.arange(3) - 1.0) ** 2)
+    g3 /= g3.sum()
+    zb = convolve1d(amp, g3, axis=1, mode="nearest")
+    np.testing.assert_allclose(np.asarray(out["object_amplitude"]),
+                               0.25 * zb + 0.75 * np.clip(zb, 0.9, 1.05), atol=1e-5)
+    # positions: half of the mean correction removed
+    np.testing.assert_allclose(np.asarray(out["positions"]), pos - 0.5 * 0.3, atol=1e-6)
+
+
+def test_probe_learning_rate_in_measurement_units(sim8):
+    patterns, _ = sim8
+    base = _params((8, 8), 1.2, 100.0, iterations=2, batch_size=32)
+    scale = 32 * 32 / float(patterns.values.sum(axis=(1, 2)).mean())
+    relative = dict(base, solver=dict(base["solver"], update={
+        "probe": {"learning_rate": 1e-2 * np.sqrt(scale), "start_iteration": 0}}))
+    measured = dict(base, solver=dict(base["solver"], update={
+        "probe": {"learning_rate": 1e-2, "start_iteration": 0},
+        "probe_units": "measurements"}))
+    a = reconstruct(patterns, relative, progress=False)
+    b = reconstruct(patterns, measured, progress=False)
+    np.testing.assert_allclose(a["probe"]["probe"].values, b["probe"]["probe"].values,
+                               rtol=1e-5, atol=1e-6 * np.abs(a["probe"]["probe"].values).max())
+    assert not np.allclose(a["loss"]["loss"].values,
+                           reconstruct(patterns, dict(base, solver=dict(base["solver"], update={
+                               "probe": {"learning_rate": 1e-2, "start_iteration": 0}})),
+                               progress=False)["loss"]["loss"].values)

@@ -10,7 +10,8 @@ Modules, one per concern:
 * :mod:`~stem4d.ptycho.result` — the output DataTree and its figures;
 * :mod:`~stem4d.ptycho.simulate` — test data with a known object (numpy);
 * :mod:`~stem4d.ptycho.measurements` — the measurement preprocessing chain
-  (:func:`prepare_measurements`: permute, reshape, flipT, crop, pad, resample, ...).
+  (:func:`prepare_measurements`: permute, reshape, flipT, crop, pad, resample, ...;
+  :func:`prepare_from_params`: the chain a parameter file describes).
 
 Names load on first use: ``import stem4d.ptycho`` and the parameter models do not
 import JAX; :func:`reconstruct` and :mod:`~stem4d.ptycho.model` do.
@@ -39,6 +40,7 @@ _LAZY = {
     "simulate_ptychography": "simulate",
     "phase_ncc": "simulate",
     "prepare_measurements": "measurements",
+    "prepare_from_params": "measurements",
 }
 _MODULES = {"params", "optics", "model", "solver", "result", "simulate", "measurements"}
 

@@ -133,6 +133,7 @@ __all__ = [
     "detector_blur",
     "poisson_noise",
     "prepare_measurements",
+    "prepare_from_params",
 ]
 
 STACK_DIMS: tuple[str, str, str] = ("scan", "qx", "qy")
@@ -1318,3 +1319,73 @@ def prepare_measurements(
         cube = poisson_noise(cube, opts.pop("dose"), **opts)
     cube = _with_data(cube, _clip_negative(cube.data.astype(np.float32, copy=False)))
     return to_stack(cube) if output == "stack" else cube
+
+
+def _selection(value: Any) -> Any:
+    """YAML-style ``[[start, stop(, step)] | null, ...]`` as a tuple of slices."""
+    if value is None or isinstance(value, tuple):
+        return value
+    return tuple(slice(None) if v is None else slice(*v) if isinstance(v, (list, tuple))
+                 else v for v in value)
+
+
+def prepare_from_params(
+    params: Any,
+    source: Any = None,
+    *,
+    base_dir: str | os.PathLike | None = None,
+) -> xr.DataArray:
+    """The measurements a parameter set describes, loaded and preprocessed.
+
+    Parameters
+    ----------
+    params
+        :class:`~stem4d.ptycho.params.PtychoParams` (or anything
+        :func:`~stem4d.ptycho.params.load_params` accepts, e.g. a PtyRAD file): its
+        ``measurements`` are keywords of :func:`prepare_measurements`; the beam energy,
+        convergence semiangle and scan step come from ``params.probe``/``params.scan``,
+        the scan shape from ``measurements.scan_shape`` (the shape as stored, before any
+        crop) or ``params.scan.shape``, the Poisson-noise seed from ``params.seed``.
+    source
+        The measurements themselves (array, DataArray or path), replacing
+        ``measurements.source``.
+    base_dir
+        Folder against which a relative ``measurements.source`` is also tried when it is
+        not found from the working directory (e.g. the parameter file's folder).
+
+    Returns
+    -------
+    The stack ``("scan", "qx", "qy")`` of :func:`prepare_measurements`.
+    """
+    from .params import PtychoParams, load_params
+
+    if not isinstance(params, PtychoParams):
+        params = load_params(params)
+    opts = dict(params.measurements)
+    given = opts.pop("source", None)
+    source = given if source is None else source
+    if source is None:
+        raise ValueError("no measurements: set measurements.source to a file (PtyRAD: "
+                         "init_params.meas_params.path) or pass source=...")
+    if isinstance(source, (str, os.PathLike)):
+        path = os.path.expanduser(os.fspath(source))
+        if (not os.path.exists(path) and not os.path.isabs(path) and base_dir is not None
+                and os.path.exists(os.path.join(base_dir, path))):
+            path = os.path.join(base_dir, path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"measurements file {source!s} does not exist")
+        source = path
+    open_kwargs = dict(opts.pop("open_kwargs", None) or {})
+    if "selection" in open_kwargs:
+        open_kwargs["selection"] = _selection(open_kwargs["selection"])
+    if "poisson" in opts and isinstance(opts["poisson"], Mapping):
+        opts["poisson"] = {"seed": params.seed, **opts["poisson"]}
+    return prepare_measurements(
+        source,
+        open_kwargs=open_kwargs,
+        scan_shape=opts.pop("scan_shape", None) or params.scan.shape,
+        scan_step=params.scan.step,
+        beam_energy=params.probe.beam_energy,
+        convergence_semiangle=params.probe.convergence_semiangle,
+        **opts,
+    )

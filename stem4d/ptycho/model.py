@@ -28,8 +28,8 @@ Forward model, per minibatch of positions (static size)
 Fourier sign: plane wave ``exp(+2πi k·r)``, forward transform ``exp(-2πi k·r)``
 (``jnp.fft.fft2``) takes the exit wave to the detector.
 
-Losses (mean over the valid patterns of a batch and their pixels)
------------------------------------------------------------------
+Losses (mean over the valid patterns of a batch and their pixels; or its normalized root)
+----------------------------------------------------------------------------------------
 ``amplitude``: ``(sqrt(I + ε) - sqrt(I_meas))²``; ``poisson``:
 ``I - I_meas + I_meas (log(I_meas + ε) - log(I + ε))`` (the Poisson deviance / 2: the
 negative log-likelihood ``I - I_meas log I`` up to a constant, zero at a perfect fit).
@@ -58,7 +58,8 @@ class ModelSpec:
     Attributes: ``window`` (N, pixels), ``object_shape`` (H, W pixels), ``probe_modes``,
     ``object_modes``, ``slices``, ``occupancies`` (per object mode, sum 1),
     ``wavelength`` (Å), ``pixel_size`` (Å), ``slice_thickness`` (Å), ``loss``
-    (``"amplitude"``/``"poisson"``), ``train_positions`` (gradients for positions),
+    (``"amplitude"``/``"poisson"``), ``reduction`` (``"mean"``, or ``"rms"``: see
+    :func:`batch_loss`), ``train_positions`` (gradients for positions),
     ``eps`` (intensity floor inside sqrt/log, in units of the scaled measurements).
     """
 
@@ -72,6 +73,7 @@ class ModelSpec:
     pixel_size: float = 0.1
     slice_thickness: float = 0.0
     loss: str = "amplitude"
+    reduction: str = "mean"
     train_positions: bool = False
     eps: float = 1e-6
 
@@ -204,6 +206,10 @@ def batch_loss(variables: dict, index: jax.Array, weight: jax.Array, targets: ja
                spec: ModelSpec, geometry: dict | None = None) -> jax.Array:
     """Weighted mean loss of the patterns ``index`` (``(B,)`` ints; padding has weight 0).
 
+    With ``spec.reduction == "rms"`` and the amplitude loss: the square root of that
+    mean divided by the batch's mean target ``sqrt(I_meas)`` (a normalized RMSE, as
+    PtyRAD's ``loss_single``); Adam then takes steps of the same size as the fit improves.
+
     ``targets``: all ``(n_positions, N, N)`` targets (unshifted order) on the device;
     ``geometry``: :func:`fixed_geometry` of the positions when they are not optimized
     (``variables["positions"]`` is then not used).
@@ -214,5 +220,11 @@ def batch_loss(variables: dict, index: jax.Array, weight: jax.Array, targets: ja
         corners = jnp.take(geometry["base"], index, axis=0)
         ramps = (jnp.take(geometry["rx"], index, axis=0), jnp.take(geometry["ry"], index, axis=0))
     model = intensities(variables, corners, spec, ramps)
-    per = loss_per_pattern(model, jnp.take(targets, index, axis=0), spec)
-    return jnp.sum(per * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+    target = jnp.take(targets, index, axis=0)
+    per = loss_per_pattern(model, target, spec)
+    count = jnp.maximum(jnp.sum(weight), 1.0)
+    mean = jnp.sum(per * weight) / count
+    if spec.reduction == "rms" and spec.loss == "amplitude":
+        scale = jnp.sum(jnp.mean(target, axis=(-2, -1)) * weight) / count
+        return jnp.sqrt(jnp.maximum(mean, 1e-30)) / scale
+    return mean

@@ -6,9 +6,10 @@ A parameter file has one section per concern::
     object:      modes and occupancies, slices and slice thickness (Å), size
     scan:        scan shape, step (Å), affine correction, jitter, or given positions
     detector:    pattern size and pixel calibration
-    measurements: preprocessing (validated by stem4d.ptycho.measurements)
+    measurements: the file and its preprocessing (keywords of
+                 stem4d.ptycho.measurements.prepare_measurements)
     solver:      iterations, batch size, loss, optimizer, learning rate per variable,
-                 constraints
+                 constraints (each on a schedule: start, every, end)
     checkpoint:  every K iterations, file
     output:      directory, figures
     seed:        random seed (jitter, minibatch order)
@@ -19,9 +20,10 @@ aberrations are Krivanek polar with angles in **radians** (``aberration_angle_un
 then reads ``"rad"``), so dumping and reloading a model gives the same model.
 
 :func:`load_params` accepts a path (``.yaml``/``.yml``/``.json``), a dict or a model;
-:func:`from_ptyrad` maps a PtyRAD parameter dict (``init_params``, ``model_params``,
-``loss_params``, ``constraint_params``, ``recon_params``) onto these models and names
-every field it does not support in one warning (an error with ``strict=True``).
+:func:`from_ptyrad` maps a PtyRAD 1.0 parameter dict (``init_params``, ``model_params``,
+``loss_params``, ``constraint_params``, ``recon_params``; PtyRAD's defaults for what it
+leaves out) onto these models and names every field it does not support in one warning
+(an error with ``strict=True``). Iterations are 0-based here; PtyRAD's are 1-based.
 """
 
 from __future__ import annotations
@@ -46,16 +48,29 @@ __all__ = [
     "DetectorParams",
     "VariableUpdate",
     "UpdateParams",
+    "Schedule",
+    "ObjectBlur",
+    "Relaxed",
+    "AmplitudeRange",
     "ConstraintParams",
     "SolverParams",
     "CheckpointParams",
     "OutputParams",
     "load_params",
     "from_ptyrad",
+    "MEASUREMENT_KEYS",
     "ValidationError",
 ]
 
 _POWER_TOL = 1e-6
+
+#: Settings allowed in ``PtychoParams.measurements`` (keywords of
+#: :func:`stem4d.ptycho.measurements.prepare_measurements`).
+MEASUREMENT_KEYS = (
+    "source", "key", "open_kwargs", "permute", "reshape", "scan_shape", "flipT", "center",
+    "calibration", "crop", "remove_negative", "normalization", "pad", "resample",
+    "source_size", "detector_blur", "poisson",
+)
 
 
 class _Model(BaseModel):
@@ -268,8 +283,7 @@ class UpdateParams(_Model):
     """Per-variable learning rates.
 
     Units: object amplitude (dimensionless transmission, ~1), object phase (rad), probe
-    (relative: the solver scales the probe to unit mean |ψ|² per window pixel), positions
-    (real-space pixels).
+    (``probe_units``), positions (real-space pixels).
     """
 
     object_amplitude: VariableUpdate = Field(
@@ -280,33 +294,138 @@ class UpdateParams(_Model):
         description="Object phase, rad.")
     probe: VariableUpdate = Field(
         default_factory=lambda: VariableUpdate(learning_rate=5e-3, start_iteration=1),
-        description="Probe (real and imaginary parts, relative units).")
+        description="Probe (real and imaginary parts, in `probe_units`).")
     positions: VariableUpdate = Field(
         default_factory=lambda: VariableUpdate(learning_rate=0.0),
         description="Probe positions, real-space pixels.")
+    probe_units: Literal["relative", "measurements"] = Field(
+        "relative", description="Units of the probe's learning rate. 'relative': the "
+        "probe's rms amplitude per window pixel (the solver scales the probe to unit mean "
+        "|ψ|²); 'measurements': sqrt of the measured intensity as given to the solver, "
+        "per pixel (PtyRAD's probe units: the rate is multiplied by "
+        "sqrt(N² / mean pattern sum)).")
+
+
+# ----------------------------------------------------------------------- constraints
+class Schedule(_Model):
+    """When a constraint runs: after iteration ``start``, then every ``every`` iterations,
+    until (not including) iteration ``end``; iterations are 0-based."""
+
+    start: int = Field(0, ge=0, description="First iteration (0-based) after which the "
+                       "constraint runs.")
+    every: int = Field(1, ge=1, description="Interval between runs, iterations.")
+    end: int | None = Field(None, ge=1, description="Iteration (0-based) from which the "
+                            "constraint no longer runs; None: until the last one.")
+
+    def due(self, iteration: int) -> bool:
+        """Whether the constraint runs after ``iteration`` (0-based)."""
+        if iteration < self.start or (self.end is not None and iteration >= self.end):
+            return False
+        return (iteration - self.start) % self.every == 0
+
+
+class ObjectBlur(Schedule):
+    """Gaussian blur of the object (laterally, or along the slices)."""
+
+    sigma: float = Field(..., ge=0, description="Standard deviation, pixels (lateral) or "
+                         "slices (along the beam).")
+    kernel_size: int = Field(5, ge=1, description="Length of the (truncated, normalized) "
+                             "kernel, pixels or slices; odd.")
+    target: Literal["amplitude", "phase", "both"] = Field(
+        "both", description="Which part of the object is blurred.")
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {v}")
+        return v
+
+
+class Relaxed(Schedule):
+    """A constraint mixed with the unconstrained value: ``relax·x + (1 - relax)·c(x)``."""
+
+    relax: float = Field(0.0, ge=0, le=1, description="0: the constraint applies fully; 1: "
+                         "it has no effect.")
+
+
+class AmplitudeRange(Relaxed):
+    """Clip the object amplitude to ``[min, max]``."""
+
+    range: tuple[float, float] = Field((0.96, 1.04), description="[min, max] of the object "
+                                       "amplitude (dimensionless).")
+
+    @field_validator("range")
+    @classmethod
+    def _range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not (0 <= v[0] < v[1]):
+            raise ValueError(f"object_amplitude_range must be [min, max] with 0 <= min < max, "
+                             f"got {list(v)}")
+        return v
+
+
+def _every(value: Any) -> Any:
+    """Shorthand of a schedule: N -> after iterations N-1, 2N-1, ... (every N); 0, False,
+    None -> off; True -> every iteration."""
+    if value is None or value is False or (isinstance(value, int) and not isinstance(
+            value, bool) and value == 0):
+        return None
+    if value is True:
+        return {}
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"must be a number of iterations >= 0, got {value}")
+        return {"start": value - 1, "every": value}
+    return value
 
 
 class ConstraintParams(_Model):
-    """Constraints applied after an iteration, every N iterations (0 = never)."""
+    """Constraints applied between iterations, in this order (as PtyRAD applies them).
 
-    orthogonalize_probe_modes: int = Field(
-        1, ge=0, description="Every N iterations, make the probe modes orthogonal (SVD) "
-        "and order them by power.")
-    fix_probe_intensity: int = Field(
-        1, ge=0, description="Every N iterations, rescale the probe to its initial total "
-        "intensity.")
-    object_amplitude_range: tuple[float, float] | None = Field(
-        None, description="Clip the object amplitude to [min, max] (dimensionless) after "
-        "every iteration; None: no clipping.")
-    positive_phase: bool = Field(
-        False, description="Clip negative object phase (rad) to 0 after every iteration.")
+    Each is off (None) or runs on a :class:`Schedule`; shorthands: an integer N means
+    every N iterations (after the N-th, 2N-th, ...), True every iteration, False/0 off.
+    """
 
-    @field_validator("object_amplitude_range")
+    orthogonalize_probe_modes: Schedule | None = Field(
+        default_factory=Schedule, description="Make the probe modes orthogonal (SVD) and "
+        "order them by power. Shorthand: N (every N iterations), 0 (never).")
+    fix_probe_intensity: Schedule | None = Field(
+        default_factory=Schedule, description="Rescale the probe to its initial total "
+        "intensity (the mean total intensity of a pattern).")
+    object_blur: ObjectBlur | None = Field(
+        None, description="Lateral Gaussian blur of the object (sigma in pixels; reflected "
+        "edges). Shorthand: sigma.")
+    slice_blur: ObjectBlur | None = Field(
+        None, description="Gaussian blur across the slices (sigma in slices; edge slices "
+        "repeated); no effect on a single slice. Shorthand: sigma.")
+    object_amplitude_range: AmplitudeRange | None = Field(
+        None, description="Clip the object amplitude to [min, max] (dimensionless). "
+        "Shorthand: [min, max] (every iteration).")
+    positive_phase: Relaxed | None = Field(
+        None, description="Clip negative object phase (rad) to 0. Shorthand: True (every "
+        "iteration).")
+    recenter_positions: Relaxed | None = Field(
+        None, description="Remove the mean position correction (keeps the object in place "
+        "when positions are optimized); no effect when they are fixed.")
+
+    @field_validator("orthogonalize_probe_modes", "fix_probe_intensity", "positive_phase",
+                     "recenter_positions", mode="before")
     @classmethod
-    def _range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
-        if v is not None and not (0 <= v[0] < v[1]):
-            raise ValueError(f"object_amplitude_range must be [min, max] with 0 <= min < max, "
-                             f"got {list(v)}")
+    def _schedule_shorthand(cls, v: Any) -> Any:
+        return _every(v)
+
+    @field_validator("object_blur", "slice_blur", mode="before")
+    @classmethod
+    def _blur_shorthand(cls, v: Any) -> Any:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return {"sigma": v} if v > 0 else None
+        return v
+
+    @field_validator("object_amplitude_range", mode="before")
+    @classmethod
+    def _range_shorthand(cls, v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return {"range": v}
         return v
 
 
@@ -320,6 +439,10 @@ class SolverParams(_Model):
     loss: Literal["amplitude", "poisson"] = Field(
         "amplitude", description="'amplitude': mean (sqrt(I_model) - sqrt(I_meas))^2 "
         "(Gaussian noise on amplitudes); 'poisson': mean (I_model - I_meas log I_model).")
+    loss_reduction: Literal["mean", "rms"] = Field(
+        "mean", description="How a minibatch's loss is reduced: 'mean' over its patterns "
+        "and pixels; 'rms': for the amplitude loss, the square root of that mean divided "
+        "by the batch's mean sqrt(I_meas) (PtyRAD's normalized RMSE, loss_single).")
     optimizer: str = Field("adam", description="Name of an optax optimizer (e.g. adam, "
                            "adamw, sgd, lion); called as optax.<name>(learning_rate, **kwargs).")
     optimizer_kwargs: dict[str, Any] = Field(
@@ -359,6 +482,8 @@ class OutputParams(_Model):
                       "(<name>.nc) in `directory`.")
     figures: bool = Field(True, description="Write PNG figures (object phase, probe modes, "
                           "loss) to `directory`.")
+    copy_params: bool = Field(True, description="Copy the parameter file into `directory` "
+                              "(stem4d ptycho run).")
 
 
 class PtychoParams(_Model):
@@ -370,13 +495,27 @@ class PtychoParams(_Model):
     detector: DetectorParams = Field(default_factory=DetectorParams,
                                      description="Pattern size and calibration.")
     measurements: dict[str, Any] = Field(
-        default_factory=dict, description="Measurement preprocessing settings, validated by "
-        "stem4d.ptycho.measurements (PtyRAD meas_* names are kept as they are).")
+        default_factory=dict, description="How to load and preprocess the measurements: "
+        "keyword arguments of stem4d.ptycho.measurements.prepare_measurements (source: a "
+        "file path; key, open_kwargs, permute, reshape, scan_shape (as stored, before "
+        "cropping), flipT, center, calibration, crop, remove_negative, normalization, pad, "
+        "resample, source_size (Å), detector_blur (pixels), poisson). The beam, the scan "
+        "step and (by default) the scan shape come from `probe` and `scan`; see "
+        "stem4d.ptycho.measurements.prepare_from_params.")
     solver: SolverParams = Field(default_factory=SolverParams, description="Optimization.")
     checkpoint: CheckpointParams = Field(default_factory=CheckpointParams,
                                          description="Checkpoints.")
     output: OutputParams = Field(default_factory=OutputParams, description="Outputs.")
     seed: int = Field(0, description="Random seed: position jitter and minibatch order.")
+
+    @field_validator("measurements")
+    @classmethod
+    def _measurement_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(v) - set(MEASUREMENT_KEYS))
+        if unknown:
+            raise ValueError(f"measurements has unknown settings {unknown}; allowed: "
+                             f"{', '.join(MEASUREMENT_KEYS)}")
+        return v
 
     def to_json(self) -> str:
         """The parameters as JSON text (round-trips through :func:`load_params`)."""
@@ -421,44 +560,479 @@ def load_params(source: str | Path | Mapping[str, Any] | PtychoParams, *,
 
 
 # -------------------------------------------------------------------------- PtyRAD
-# init_params keys handled by stem4d.ptycho.measurements (kept in `measurements`).
-_PTYRAD_MEAS_KEYS = {
-    "meas_source", "meas_params", "meas_permute", "meas_reshape", "meas_flipT",
-    "meas_crop", "meas_pad", "meas_resample", "meas_add_source_size",
-    "meas_add_detector_blur", "meas_remove_neg_values", "meas_normalization",
-    "meas_add_poisson_noise", "meas_export", "meas_calibration",
+# The defaults of PtyRAD 1.0.0 (its pydantic models) for the keys read below: a PtyRAD
+# file that leaves a key out means PtyRAD's default, so the mapping fills it in.
+_PTYRAD_UPDATE = {  # PtyRAD variable -> (stem4d variable, default start_iter, default lr)
+    "obja": ("object_amplitude", 1, 5e-4),
+    "objp": ("object_phase", 1, 5e-4),
+    "probe": ("probe", 1, 1e-4),
+    "probe_pos_shifts": ("positions", 1, 5e-4),
+    "obj_tilts": (None, None, 0.0),
+    "slice_thickness": (None, None, 0.0),
 }
-_PTYRAD_UPDATE = {"obja": "object_amplitude", "objp": "object_phase", "probe": "probe",
-                  "probe_pos_shifts": "positions"}
-# PtyRAD constraint -> stem4d field (others must be off)
-_PTYRAD_CONSTRAINTS = {"ortho_pmode", "fix_probe_int", "obja_thresh", "objp_postiv"}
+_PTYRAD_LOSSES = {
+    "loss_single": {"state": True, "weight": 1.0, "dp_pow": 0.5},
+    "loss_poissn": {"state": False, "weight": 1.0, "dp_pow": 1.0, "eps": 1e-6},
+    "loss_pacbed": {"state": False}, "loss_sparse": {"state": False},
+    "loss_simlar": {"state": False},
+}
+_PTYRAD_CONSTRAINTS = {  # default start_iter and options of each constraint
+    "ortho_pmode": {"start_iter": 1},
+    "fix_probe_int": {"start_iter": 1},
+    "obj_rblur": {"start_iter": 1, "obj_type": "both", "kernel_size": 5, "std": 0.4},
+    "obj_zblur": {"start_iter": 1, "obj_type": "both", "kernel_size": 5, "std": 1.0},
+    "obja_thresh": {"start_iter": None, "relax": 0.0, "thresh": [0.96, 1.04]},
+    "objp_postiv": {"start_iter": None, "relax": 0.0},
+    "pos_recenter": {"start_iter": 1, "relax": 0.0},
+    **{k: {"start_iter": None} for k in (
+        "probe_mask_k", "probe_mask_r", "kr_filter", "kz_filter", "kr_thresh",
+        "complex_ratio", "mirrored_amp", "obj_z_recenter", "tilt_smooth")},
+}
+# torch optimizer names (PtyRAD) -> optax
+_PTYRAD_OPTIMIZERS = {
+    "Adam": "adam", "AdamW": "adamw", "Adamax": "adamax", "Nadam": "nadam",
+    "RAdam": "radam", "Adagrad": "adagrad", "Adadelta": "adadelta", "Adafactor": "adafactor",
+    "RMSprop": "rmsprop", "Rprop": "rprop", "SGD": "sgd",
+}
+# torch optimizer configs -> optax keyword (per optax optimizer)
+_OPTAX_KWARGS = {
+    "adam": {"eps"}, "adamw": {"eps", "weight_decay"}, "adamax": {"eps"},
+    "nadam": {"eps"}, "radam": {"eps"}, "adagrad": {"eps"}, "adadelta": {"eps", "rho"},
+    "adafactor": {"eps"}, "rmsprop": {"eps", "momentum", "nesterov", "decay"},
+    "rprop": set(), "sgd": {"momentum", "nesterov"},
+}
+_TORCH_NEUTRAL = {"foreach": None, "capturable": False, "differentiable": False,
+                  "fused": None, "maximize": False, "amsgrad": False, "dampening": 0,
+                  "weight_decay": 0, "centered": False}
+# output options whose PtyRAD default (or "off") values need no stem4d counterpart:
+# stem4d always writes <output_dir>/<name>.nc and three PNG figures
+_PTYRAD_OUTPUT_DEFAULTS = {
+    "recon_dir_affixes": (["default"], ["minimal"], []),
+    "prefix_time": ("date", True, False, None, ""),
+    "save_result": (["model", "objp"], ["model"], ["model", "obja", "objp", "probe"]),
+    "result_modes": ({"obj_dim": [2, 3, 4], "FOV": ["crop"], "bit": ["8"]},),
+    "selected_figs": (["convergence", "forward", "probe_r_amp", "pos"], []),
+    "convergence_monitor": (
+        None, {"tensors": ["obja", "objp", "probe", "probe_pos_shifts"],
+               "every_n_iters": None, "percentile_range": [15, 85]}),
+}
+_FILE_SOURCES = ("file", "tif", "tiff", "mat", "h5", "hdf5", "zarr", "npy", "raw")
+_ABSENT = object()
 
 
-def _is_off(value: Any) -> bool:
-    """A PtyRAD option that is absent, null, false, or has ``freq``/``state`` off."""
-    if value is None or value is False:
-        return True
-    if isinstance(value, Mapping):
-        if "freq" in value:
-            return value["freq"] in (None, 0)
-        if "state" in value:
-            return not value["state"]
-    return False
+def _merged(default: Mapping[str, Any], given: Any) -> dict[str, Any]:
+    out = dict(default)
+    if isinstance(given, Mapping):
+        out.update(given)
+    return out
+
+
+def _ptyrad_schedule(cfg: Mapping[str, Any]) -> dict[str, Any] | None:
+    """PtyRAD's 1-based ``start_iter``/``step``/``end_iter`` (or legacy ``freq``) as a
+    0-based :class:`Schedule` dict; None when the constraint is off."""
+    start, step, end = cfg.get("start_iter"), cfg.get("step") or 1, cfg.get("end_iter")
+    if start is None:
+        return None
+    start, step = int(start), int(step)
+    if end is not None and int(end) <= start:
+        return None  # end_iter is exclusive: never applied
+    return {"start": start - 1, "every": step, "end": None if end is None else int(end) - 1}
+
+
+def _ptyrad_constraint_entry(name: str, given: Any) -> dict[str, Any]:
+    """A constraint entry as PtyRAD's file loader sees it (defaults, legacy ``freq``)."""
+    default = _PTYRAD_CONSTRAINTS.get(name, {"start_iter": None})
+    if not isinstance(given, Mapping):
+        return _merged(default, {"start_iter": None}) if given in (None, False) else dict(
+            default)
+    cfg = _merged({k: v for k, v in default.items() if k != "start_iter"}, given)
+    freq = given.get("freq")
+    # PtyRAD's loader: an entry without start_iter is off unless the legacy freq is set
+    cfg["start_iter"] = given.get("start_iter", 1 if freq is not None else None)
+    if freq is not None and "step" not in given:
+        cfg["step"] = freq
+    return cfg
+
+
+def _probe_from_ptyrad(init: dict, unsupported: list[str]) -> dict[str, Any]:
+    take = init.pop
+    illum = take("probe_illum_type", "electron")
+    if illum != "electron":
+        raise ValueError(f"init_params.probe_illum_type: only 'electron' is supported, got "
+                         f"{illum!r}")
+    for key in ("beam_kev", "probe_dRn", "probe_Rn", "probe_D_H", "probe_D_FZP", "probe_Ls"):
+        if take(key, None) is not None:
+            unsupported.append(f"init_params.{key}")
+    kv = take("probe_kv", None)
+    aberrations = dict(take("probe_aberrations", None) or {})
+    # PtyRAD's legacy keys, moved into probe_aberrations unless given there
+    for legacy, name, aliases in (("probe_defocus", "defocus", ("defocus", "C1", "C10")),
+                                  ("probe_c3", "C30", ("C30", "C3", "Cs")),
+                                  ("probe_c5", "C50", ("C50", "C5"))):
+        value = take(legacy, None)
+        if value is not None and not any(a in aberrations for a in aliases):
+            aberrations[name] = value
+    probe: dict[str, Any] = {
+        "beam_energy": None if kv is None else float(kv) * 1e3,
+        "convergence_semiangle": take("probe_conv_angle", None),
+        "aberrations": aberrations,
+        "aberration_angle_units": "deg",
+    }
+    pmodes = int(take("probe_pmode_max", 4) or 1)
+    probe["modes"] = pmodes
+    pows = [float(v) for v in np.atleast_1d(take("probe_pmode_init_pows", [0.02]) or [0.02])]
+    if pmodes > 1:
+        # PtyRAD: mode k >= 1 gets pows[k-1] (the last value repeats), mode 0 the rest
+        extra = [pows[min(k, len(pows)) - 1] for k in range(1, pmodes)]
+        if sum(extra) > 1:
+            raise ValueError(f"init_params.probe_pmode_init_pows {pows}: the powers of the "
+                             f"{pmodes - 1} extra probe modes exceed 1")
+        probe["mode_powers"] = [1.0 - sum(extra), *extra]
+    src = take("probe_source", "simu")
+    pparams = take("probe_params", None)
+    if src == "simu":
+        probe["source"] = "optics"
+    else:
+        probe["source"] = "given"
+        unsupported.append(f"init_params.probe_source={src!r} (pass the probe to "
+                           "reconstruct(init={'probe': ...}))")
+    del pparams
+    norm = take("probe_normalization", None)
+    if isinstance(norm, Mapping) and norm.get("mode", "mean_total_ints") != "mean_total_ints":
+        unsupported.append(f"init_params.probe_normalization.mode={norm['mode']!r} (stem4d "
+                           "scales the probe to the mean total intensity)")
+    for key in ("probe_permute", "probe_z_shift"):
+        if take(key, None) is not None:
+            unsupported.append(f"init_params.{key}")
+    return probe
+
+
+def _object_from_ptyrad(init: dict, unsupported: list[str]) -> dict[str, Any]:
+    take = init.pop
+    obj: dict[str, Any] = {"modes": int(take("obj_omode_max", 1) or 1),
+                           "slices": int(take("obj_Nlayer", 1) or 1)}
+    thick = take("obj_slice_thickness", None)
+    if thick is not None:
+        obj["slice_thickness"] = float(thick)
+    occu = take("obj_omode_init_occu", None)
+    if isinstance(occu, Mapping) and occu.get("occu_type") == "custom":
+        obj["occupancies"] = [float(v) for v in occu.get("init_occu") or []]
+    src = take("obj_source", "simu")
+    oparams = take("obj_params", None)
+    if src != "simu":
+        unsupported.append(f"init_params.obj_source={src!r} (pass the object to "
+                           "reconstruct(init={'object': ...}))")
+    elif oparams is not None:
+        shape = [int(v) for v in oparams]
+        if len(shape) != 4:
+            raise ValueError("init_params.obj_params for obj_source='simu' must be "
+                             f"[omode, Nz, Ny, Nx], got {oparams!r}")
+        if shape[0] != obj["modes"] or shape[1] != obj["slices"]:
+            raise ValueError(f"init_params.obj_params {shape} disagrees with obj_omode_max = "
+                             f"{obj['modes']} and obj_Nlayer = {obj['slices']}")
+        obj["shape"] = (shape[2], shape[3])
+    for key in ("obj_z_crop", "obj_z_pad", "obj_z_resample"):
+        if take(key, None) is not None:
+            unsupported.append(f"init_params.{key}")
+    tsrc = take("tilt_source", "simu")
+    tparams = take("tilt_params", None)
+    if tsrc != "simu":
+        unsupported.append(f"init_params.tilt_source={tsrc!r}")
+    elif isinstance(tparams, Mapping):
+        if np.any(np.asarray(tparams.get("init_tilts", [[0, 0]]), dtype=float) != 0):
+            unsupported.append("init_params.tilt_params (object tilt)")
+    return obj
+
+
+def _range_len(rng: Any, n: int) -> int:
+    if rng is None:
+        return n
+    lo, hi = (int(v) if v is not None else d for v, d in zip(rng, (0, n), strict=True))
+    return len(range(n)[slice(lo, hi)])
+
+
+def _measurements_from_ptyrad(init: dict, unsupported: list[str]
+                              ) -> tuple[dict[str, Any], tuple[int, int], int | None]:
+    """The ``meas_*`` keys as prepare_measurements keywords; the scan shape and detector
+    size after cropping, padding and resampling."""
+    take = init.pop
+    slow, fast = take("pos_N_scan_slow", None), take("pos_N_scan_fast", None)
+    if slow is None or fast is None:
+        raise ValueError("init_params.pos_N_scan_slow and pos_N_scan_fast are required")
+    slow, fast = int(slow), int(fast)
+    n_scans = take("pos_N_scans", None)
+    if n_scans is not None and int(n_scans) != slow * fast:
+        raise ValueError(f"init_params.pos_N_scans = {n_scans} must equal pos_N_scan_slow x "
+                         f"pos_N_scan_fast = {slow} x {fast} = {slow * fast}")
+    npix = take("meas_Npix", None)
+    meas: dict[str, Any] = {"scan_shape": [slow, fast]}
+    source = take("meas_source", "file")
+    mparams = take("meas_params", None)
+    if source == "custom" or (mparams is not None and not isinstance(mparams, Mapping)):
+        if mparams is not None:
+            unsupported.append("init_params.meas_params (an in-memory array: pass it as "
+                               "prepare_from_params(params, source=...))")
+    elif source in _FILE_SOURCES:
+        if isinstance(mparams, Mapping):
+            mp = dict(mparams)
+            if mp.get("path") is not None:
+                meas["source"] = str(mp["path"])
+            if mp.get("key") is not None:
+                meas["key"] = str(mp["key"])
+            suffix = Path(str(mp.get("path", ""))).suffix.lower()
+            open_kwargs: dict[str, Any] = {}
+            if suffix == ".raw":
+                shape = mp.get("shape")
+                det = (int(shape[1]), int(shape[2])) if shape else (
+                    (int(npix), int(npix)) if npix else None)
+                if det is not None:
+                    open_kwargs["detector_shape"] = list(det)
+                open_kwargs["offset"] = int(mp.get("offset") or 0)
+                open_kwargs["gap"] = int(1024 if mp.get("gap") is None else mp["gap"])
+            if mp.get("selection") is not None:
+                if suffix in (".h5", ".hdf5", ".mat", ".emd"):
+                    open_kwargs["selection"] = mp["selection"]
+                else:
+                    unsupported.append("init_params.meas_params.selection (HDF5 files only)")
+            if mp.get("zarr_kwargs"):
+                unsupported.append("init_params.meas_params.zarr_kwargs")
+            if open_kwargs:
+                meas["open_kwargs"] = open_kwargs
+    else:
+        raise ValueError(f"init_params.meas_source must be one of {_FILE_SOURCES + ('custom',)}"
+                         f", got {source!r}")
+    for key, name in (("meas_permute", "permute"), ("meas_reshape", "reshape"),
+                      ("meas_flipT", "flipT"), ("meas_crop", "crop"),
+                      ("meas_add_source_size", "source_size"),
+                      ("meas_add_detector_blur", "detector_blur")):
+        value = take(key, None)
+        if value is not None:
+            meas[name] = value
+    meas["calibration"] = dict(take("meas_calibration", None) or {"mode": "fitRBF"})
+    for key, name in (("meas_remove_neg_values", "remove_negative"),
+                      ("meas_normalization", "normalization")):
+        value = take(key, _ABSENT)
+        if value is not _ABSENT:
+            meas[name] = dict(value) if isinstance(value, Mapping) else value
+    pad = take("meas_pad", None)
+    if isinstance(pad, Mapping) and pad.get("mode", "on_the_fly") is not None:
+        meas["pad"] = {"target": int(pad.get("target_Npix", 256)),
+                       "kind": pad.get("padding_type", "power"),
+                       "value": float(pad.get("value") or 0.0),
+                       "threshold": float(70 if pad.get("threshold") is None
+                                          else pad["threshold"]),
+                       "mode": pad.get("mode", "on_the_fly")}
+    res = take("meas_resample", None)
+    if isinstance(res, Mapping) and res.get("mode", "on_the_fly") is not None:
+        factors = [float(v) for v in np.atleast_1d(res.get("scale_factors", [2, 2]))]
+        meas["resample"] = {"factor": factors[0] if len(set(factors)) == 1 else factors,
+                            "mode": res.get("mode", "on_the_fly")}
+    noise = take("meas_add_poisson_noise", None)
+    if isinstance(noise, Mapping):
+        meas["poisson"] = {"dose": float(noise["value"]),
+                           "unit": noise.get("unit", "total_e_per_pattern")}
+    if take("meas_export", None):
+        unsupported.append("init_params.meas_export")
+    # scan and detector as they enter the solver
+    crop = meas.get("crop") or [None] * 4
+    scan_shape = (_range_len(crop[0], slow), _range_len(crop[1], fast))
+    size = None
+    if npix is not None:
+        size = _range_len(crop[2], int(npix)) if len(crop) > 2 else int(npix)
+        if "pad" in meas:
+            size = meas["pad"]["target"]
+        if "resample" in meas:
+            f = meas["resample"]["factor"]
+            size = int(round(size * (f if np.ndim(f) == 0 else f[0])))
+    return meas, scan_shape, size
+
+
+def _solver_from_ptyrad(model: dict, loss: dict, cons: dict, unsupported: list[str]
+                        ) -> dict[str, Any]:
+    solver: dict[str, Any] = {}
+    # learning rates, 1-based start_iter / exclusive end_iter -> 0-based iterations
+    given = dict(model.pop("update_params", None) or {})
+    update: dict[str, Any] = {"probe_units": "measurements"}
+    for key, (name, start0, lr0) in _PTYRAD_UPDATE.items():
+        cfg = given.pop(key, None)
+        cfg = {"start_iter": start0, "lr": lr0} if cfg is None else dict(cfg)
+        start, lr, end = cfg.get("start_iter"), float(cfg.get("lr") or 0.0), cfg.get("end_iter")
+        on = start is not None and lr > 0
+        if name is None:
+            if on:
+                unsupported.append(f"model_params.update_params.{key}")
+            continue
+        update[name] = {"learning_rate": lr if on else 0.0,
+                        "start_iteration": max(int(start) - 1, 0) if on else 0,
+                        "end_iteration": None if end is None else max(int(end) - 1, 0)}
+    unsupported += [f"model_params.update_params.{k}" for k in given]
+    solver["update"] = update
+    opt = dict(model.pop("optimizer_params", None) or {})
+    name = opt.pop("name", "Adam")
+    if name not in _PTYRAD_OPTIMIZERS:
+        unsupported.append(f"model_params.optimizer_params.name={name!r} (stem4d uses adam)")
+        name = "Adam"
+    optax_name = _PTYRAD_OPTIMIZERS[name]
+    if optax_name != "adam":  # the default; validating a name imports optax (and JAX)
+        solver["optimizer"] = optax_name
+    kwargs: dict[str, Any] = {}
+    if name == "AdamW":
+        kwargs["weight_decay"] = 0.01  # torch's default
+    if name == "RMSprop":
+        kwargs["decay"] = 0.99  # torch's default alpha
+    for key, value in dict(opt.pop("configs", None) or {}).items():
+        target = {"alpha": "decay"}.get(key, key)
+        if key == "betas" and optax_name in ("adam", "adamw", "adamax", "nadam", "radam"):
+            kwargs["b1"], kwargs["b2"] = (float(b) for b in value)
+        elif target in _OPTAX_KWARGS[optax_name]:
+            kwargs[target] = value
+        elif key in _TORCH_NEUTRAL and value == _TORCH_NEUTRAL[key]:
+            continue
+        else:
+            unsupported.append(f"model_params.optimizer_params.configs.{key}")
+    if kwargs:
+        solver["optimizer_kwargs"] = kwargs
+    if opt.pop("load_state", None):
+        unsupported.append("model_params.optimizer_params.load_state")
+    unsupported += [f"model_params.optimizer_params.{k}" for k in opt]
+    if model.pop("scheduler_params", None) is not None:
+        unsupported.append("model_params.scheduler_params")
+    if model.pop("detector_blur_std", None) not in (None, 0, 0.0):
+        unsupported.append("model_params.detector_blur_std")
+    if model.pop("preload_data", True) is False:
+        unsupported.append("model_params.preload_data=false (stem4d keeps all patterns on "
+                           "the device)")
+    model.pop("obj_preblur_std", None)  # deprecated and ignored by PtyRAD itself
+    unsupported += [f"model_params.{k}" for k in model]
+
+    # loss: one data term
+    terms = {k: _merged(d, loss.pop(k, None)) for k, d in _PTYRAD_LOSSES.items()}
+    unsupported += [f"loss_params.{k}" for k in loss]
+    on = [k for k, cfg in terms.items() if cfg.get("state")]
+    if "loss_single" in on:
+        solver["loss"], solver["loss_reduction"] = "amplitude", "rms"
+        if float(terms["loss_single"].get("dp_pow", 0.5)) != 0.5:
+            unsupported.append(f"loss_params.loss_single.dp_pow="
+                               f"{terms['loss_single']['dp_pow']} (stem4d: 0.5)")
+        if "loss_poissn" in on:
+            unsupported.append("loss_params.loss_poissn (together with loss_single)")
+    elif "loss_poissn" in on:
+        solver["loss"] = "poisson"
+        cfg = terms["loss_poissn"]
+        if float(cfg.get("dp_pow", 1.0)) != 1.0:
+            unsupported.append(f"loss_params.loss_poissn.dp_pow={cfg['dp_pow']} (stem4d: 1)")
+        if float(cfg.get("eps", 1e-6)) != 1e-6:
+            unsupported.append("loss_params.loss_poissn.eps")
+    unsupported += [f"loss_params.{k}" for k in on if k not in ("loss_single", "loss_poissn")]
+
+    # constraints, in stem4d's names
+    entries = {k: _ptyrad_constraint_entry(k, cons.pop(k)) if k in cons else dict(d)
+               for k, d in _PTYRAD_CONSTRAINTS.items()}
+    unsupported += [f"constraint_params.{k}" for k in cons]
+    constraints: dict[str, Any] = {}
+    for key, cfg in entries.items():
+        sched = _ptyrad_schedule(cfg)
+        if key == "ortho_pmode":
+            constraints["orthogonalize_probe_modes"] = sched
+        elif key == "fix_probe_int":
+            constraints["fix_probe_intensity"] = sched
+        elif sched is None:
+            continue
+        elif key in ("obj_rblur", "obj_zblur"):
+            if float(cfg.get("std", 0)) > 0:
+                constraints["object_blur" if key == "obj_rblur" else "slice_blur"] = {
+                    **sched, "sigma": float(cfg["std"]),
+                    "kernel_size": int(cfg.get("kernel_size", 5)),
+                    "target": cfg.get("obj_type", "both")}
+        elif key == "obja_thresh":
+            constraints["object_amplitude_range"] = {
+                **sched, "range": [float(t) for t in cfg.get("thresh", [0.96, 1.04])],
+                "relax": float(cfg.get("relax", 0.0))}
+        elif key == "objp_postiv":
+            if cfg.get("mode", "clip_neg") != "clip_neg":
+                unsupported.append(f"constraint_params.objp_postiv.mode={cfg['mode']!r}")
+            constraints["positive_phase"] = {**sched, "relax": float(cfg.get("relax", 0.0))}
+        elif key == "pos_recenter":
+            constraints["recenter_positions"] = {**sched, "relax": float(cfg.get("relax", 0))}
+        else:
+            unsupported.append(f"constraint_params.{key}")
+    solver["constraints"] = constraints
+    return solver
+
+
+def _recon_from_ptyrad(recon: dict, unsupported: list[str]
+                       ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    solver: dict[str, Any] = {"iterations": int(recon.pop("NITER", 200))}
+    bs = recon.pop("BATCH_SIZE", None)
+    if isinstance(bs, Mapping):
+        solver["batch_size"] = int(bs.get("size", 32))
+        if int(bs.get("grad_accumulation", 1) or 1) != 1:
+            unsupported.append("recon_params.BATCH_SIZE.grad_accumulation")
+    else:
+        solver["batch_size"] = int(32 if bs is None else bs)
+    indices = recon.pop("INDICES_MODE", None)
+    if isinstance(indices, Mapping) and indices.get("mode", "full") != "full":
+        unsupported.append(f"recon_params.INDICES_MODE.mode={indices['mode']!r}")
+    group = recon.pop("GROUP_MODE", "random")
+    if group not in (None, "random"):
+        unsupported.append(f"recon_params.GROUP_MODE={group!r} (stem4d draws random groups)")
+    save_iters = recon.pop("SAVE_ITERS", 10)
+    checkpoint = {"every": int(save_iters or 0)}
+    name = "_".join(str(p) for p in (recon.pop("prefix", ""), "ptycho",
+                                     recon.pop("postfix", "")) if p)
+    output = {"directory": str(recon.pop("output_dir", "output/")), "name": name,
+              "copy_params": bool(recon.pop("copy_params", True))}
+    recon.pop("compiler_configs", None)  # stem4d always compiles (jax.jit)
+    if recon.pop("if_quiet", False):
+        unsupported.append("recon_params.if_quiet")
+    custom = [key for key, allowed in _PTYRAD_OUTPUT_DEFAULTS.items()
+              if key in recon and recon.pop(key) not in allowed]
+    if custom:
+        unsupported.append(f"recon_params.{'/'.join(custom)} (stem4d writes {name}.nc and "
+                           "three PNG figures into output_dir, no run folder)")
+    unsupported += [f"recon_params.{k}" for k in recon]
+    return solver, checkpoint, output
 
 
 def from_ptyrad(params: Mapping[str, Any], *, strict: bool = False) -> PtychoParams:
-    """Map a PtyRAD parameter dict onto :class:`PtychoParams`.
+    """Map a PtyRAD 1.0 parameter dict (a PtyRAD YAML file, loaded) onto :class:`PtychoParams`.
 
-    Covered: ``init_params`` (beam, probe modes, aberrations in degrees, object modes,
-    slices, scan, affine, jitter, seed; ``meas_*`` preprocessing keys are kept under
-    ``measurements`` for :mod:`stem4d.ptycho.measurements`), ``model_params``
-    (``update_params`` for obja/objp/probe/probe_pos_shifts, ``optimizer_params``),
-    ``loss_params`` (``loss_single`` → amplitude, ``loss_poissn`` → poisson),
-    ``constraint_params`` (ortho_pmode, fix_probe_int, obja_thresh, objp_postiv) and
-    ``recon_params`` (NITER, BATCH_SIZE, output_dir, SAVE_ITERS as checkpoint interval).
+    Keys a PtyRAD file leaves out take PtyRAD's defaults (e.g. 4 probe modes, its
+    learning rates, its default constraints, 200 iterations of batch 32), so a file means
+    the same reconstruction in both programs. Mapped:
 
-    Every other field that is set (not null/off) is named in one ``UserWarning``, or
-    raises ``ValueError`` with ``strict=True``.
+    * ``init_params``: beam (kV → eV), convergence angle, ``probe_aberrations`` (angles in
+      degrees; also the legacy ``probe_defocus``/``probe_c3``/``probe_c5``), probe modes
+      and ``probe_pmode_init_pows``, object modes, occupancies, slices, thickness,
+      ``obj_params`` shape, scan shape/step/``pos_N_scans``, ``pos_scan_affine``,
+      ``pos_scan_rand_std`` (jitter, pixels), ``random_seed``; the ``meas_*`` chain
+      (source path and key, EMPAD shape/offset/gap, HDF5 selection, permute, reshape,
+      flipT, calibration (default ``fitRBF``), crop, negative values, normalization, pad,
+      resample, source size, detector blur, Poisson noise) becomes
+      ``measurements`` (keywords of :func:`~stem4d.ptycho.measurements.prepare_measurements`),
+      and ``scan.shape``/``detector.shape`` are the sizes after cropping, padding and
+      resampling.
+    * ``model_params``: ``update_params`` of ``obja``/``objp``/``probe``/
+      ``probe_pos_shifts`` (``lr``; ``start_iter``/``end_iter`` are 1-based, end
+      exclusive, ``start_iter: null`` = fixed; the probe rate in PtyRAD's units,
+      ``probe_units = "measurements"``), ``optimizer_params`` (torch name → optax;
+      ``betas``, ``eps``, ``weight_decay`` (AdamW), ``momentum``, ``nesterov``,
+      ``alpha``, ``rho``).
+    * ``loss_params``: ``loss_single`` (``dp_pow`` 0.5) → amplitude with PtyRAD's
+      normalized RMSE (``loss_reduction = "rms"``), ``loss_poissn`` (``dp_pow`` 1) →
+      poisson; a single term's weight is a constant factor.
+    * ``constraint_params`` (``start_iter``/``step``/``end_iter``, or the legacy ``freq``):
+      ``ortho_pmode``, ``fix_probe_int``, ``obj_rblur``, ``obj_zblur``, ``obja_thresh``
+      (``thresh``, ``relax``), ``objp_postiv`` (``relax``), ``pos_recenter``.
+    * ``recon_params``: ``NITER``, ``BATCH_SIZE.size``, ``GROUP_MODE: random``,
+      ``INDICES_MODE: full``, ``SAVE_ITERS`` (checkpoint interval), ``output_dir``
+      (results are written there directly), ``prefix``/``postfix`` (file name),
+      ``copy_params``; ``compiler_configs`` is moot (stem4d always compiles) and
+      PtyRAD's default output options (folder affixes, figure and result selections)
+      need no counterpart.
+
+    Everything else that is set (not null, not off, not PtyRAD's default) is named in
+    one ``UserWarning``, or raises ``ValueError`` with ``strict=True``.
     """
     unsupported: list[str] = []
     init = dict(params.get("init_params") or {})
@@ -466,194 +1040,38 @@ def from_ptyrad(params: Mapping[str, Any], *, strict: bool = False) -> PtychoPar
     loss = dict(params.get("loss_params") or {})
     cons = dict(params.get("constraint_params") or {})
     recon = dict(params.get("recon_params") or {})
-    for key in params:
-        if key not in ("init_params", "model_params", "loss_params", "constraint_params",
-                       "recon_params", "hypertune_params"):
-            unsupported.append(key)
-    if params.get("hypertune_params") and params["hypertune_params"].get("if_hypertune"):
-        unsupported.append("hypertune_params")
+    known = {"init_params", "model_params", "loss_params", "constraint_params",
+             "recon_params", "hypertune_params", "params_path"}
+    unsupported += [k for k in params if k not in known]
+    if (params.get("hypertune_params") or {}).get("if_hypertune"):
+        unsupported.append("hypertune_params.if_hypertune (hypertune mode)")
 
-    def take(d: dict, key: str, default: Any = None) -> Any:
-        return d.pop(key, default)
-
-    if take(init, "probe_illum_type", "electron") != "electron":
-        raise ValueError("init_params.probe_illum_type: only 'electron' is supported")
-    for key in ("beam_kev", "probe_dRn", "probe_Rn", "probe_D_H", "probe_D_FZP", "probe_Ls"):
-        if take(init, key) is not None:
-            unsupported.append(f"init_params.{key}")
-    kv = take(init, "probe_kv")
-    probe: dict[str, Any] = {
-        "beam_energy": None if kv is None else float(kv) * 1e3,
-        "convergence_semiangle": take(init, "probe_conv_angle"),
-        "aberrations": dict(take(init, "probe_aberrations") or {}),
-        "aberration_angle_units": "deg",
-    }
-    pmodes = int(take(init, "probe_pmode_max", 1) or 1)
-    probe["modes"] = pmodes
-    pows = take(init, "probe_pmode_init_pows")
-    if pows is not None and pmodes > 1:
-        pows = [float(p) for p in np.atleast_1d(pows)]
-        if len(pows) == 1:
-            probe["mode_powers"] = [1.0 - pows[0] * (pmodes - 1)] + pows * (pmodes - 1)
-        elif len(pows) == pmodes:
-            total = sum(pows)
-            probe["mode_powers"] = [p / total for p in pows]
-        else:
-            raise ValueError(f"init_params.probe_pmode_init_pows has {len(pows)} values for "
-                             f"probe_pmode_max = {pmodes}")
-    src = take(init, "probe_source", "simu")
-    if src == "simu":
-        probe["source"] = "optics"
-        take(init, "probe_params")
-    else:
-        probe["source"] = "given"
-        unsupported.append(f"init_params.probe_source={src!r} (pass the probe to "
-                           "reconstruct(init=...))")
-        take(init, "probe_params")
-
-    obj: dict[str, Any] = {"modes": int(take(init, "obj_omode_max", 1) or 1),
-                           "slices": int(take(init, "obj_Nlayer", 1) or 1)}
-    thick = take(init, "obj_slice_thickness")
-    if thick is not None:
-        obj["slice_thickness"] = float(thick)
-    occu = take(init, "obj_omode_init_occu")
-    if isinstance(occu, Mapping) and occu.get("occu_type") == "custom":
-        obj["occupancies"] = [float(v) for v in occu.get("init_occu") or []]
-    osrc = take(init, "obj_source", "simu")
-    oparams = take(init, "obj_params")
-    if osrc != "simu":
-        unsupported.append(f"init_params.obj_source={osrc!r}")
-    elif oparams is not None:
-        oparams = list(oparams)
-        if len(oparams) == 4:
-            obj["shape"] = (int(oparams[2]), int(oparams[3]))
-
-    scan: dict[str, Any] = {
-        "shape": (take(init, "pos_N_scan_slow"), take(init, "pos_N_scan_fast")),
-        "n_positions": take(init, "pos_N_scans"),
-        "step": take(init, "pos_scan_step_size"),
-        "jitter": float(take(init, "pos_scan_rand_std", 0.15) or 0.0),
-    }
-    affine = take(init, "pos_scan_affine")
+    probe = _probe_from_ptyrad(init, unsupported)
+    obj = _object_from_ptyrad(init, unsupported)
+    measurements, scan_shape, npix = _measurements_from_ptyrad(init, unsupported)
+    scan: dict[str, Any] = {"shape": scan_shape, "step": init.pop("pos_scan_step_size", None),
+                            "jitter": float(init.pop("pos_scan_rand_std", 0.15) or 0.0)}
+    affine = init.pop("pos_scan_affine", None)
     if affine is not None:
         scan["affine"] = tuple(float(a) for a in affine)
-    psrc = take(init, "pos_source", "simu")
-    take(init, "pos_params")
+    psrc = init.pop("pos_source", "simu")
+    init.pop("pos_params", None)
     if psrc != "simu":
         unsupported.append(f"init_params.pos_source={psrc!r} (give scan.positions)")
-    if take(init, "pos_scan_flipT") not in (None, [0, 0, 0]):
+    if init.pop("pos_scan_flipT", None) not in (None, [0, 0, 0]):
         unsupported.append("init_params.pos_scan_flipT")
-
-    detector: dict[str, Any] = {}
-    npix = take(init, "meas_Npix")
-    if npix is not None:
-        detector["shape"] = int(npix)
-    measurements = {k: init.pop(k) for k in list(init) if k in _PTYRAD_MEAS_KEYS}
-    seed = take(init, "random_seed")
-    for key in ("probe_permute", "probe_z_shift", "obj_z_crop", "obj_z_pad",
-                "obj_z_resample", "tilt_source", "tilt_params"):
-        value = take(init, key)
-        if key == "tilt_params" and isinstance(value, Mapping):
-            tilts = value.get("init_tilts", [[0, 0]])
-            if np.any(np.asarray(tilts, dtype=float) != 0):
-                unsupported.append("init_params.tilt_params")
-        elif key == "tilt_source":
-            if value not in (None, "simu"):
-                unsupported.append(f"init_params.tilt_source={value!r}")
-        elif value is not None:
+    for key in ("simu_Npix", "simu_match_mode"):
+        if init.pop(key, None) is not None:
             unsupported.append(f"init_params.{key}")
-    take(init, "probe_normalization")  # the solver scales the probe to the data itself
+    seed = init.pop("random_seed", None)
     unsupported += [f"init_params.{k}" for k, v in init.items() if v is not None]
 
-    solver: dict[str, Any] = {}
-    update: dict[str, Any] = {}
-    for pkey, name in _PTYRAD_UPDATE.items():
-        cfg = (model.get("update_params") or {}).get(pkey)
-        if cfg is not None:
-            update[name] = {"learning_rate": float(cfg.get("lr", 0.0) or 0.0),
-                            "start_iteration": int(cfg.get("start_iter") or 0),
-                            "end_iteration": cfg.get("end_iter")}
-    for pkey, cfg in (model.get("update_params") or {}).items():
-        if pkey not in _PTYRAD_UPDATE and cfg and float(cfg.get("lr", 0) or 0) != 0:
-            unsupported.append(f"model_params.update_params.{pkey}")
-    if update:
-        solver["update"] = update
-    opt = model.get("optimizer_params") or {}
-    if opt.get("name"):
-        solver["optimizer"] = str(opt["name"]).lower()
-    if opt.get("configs"):
-        solver["optimizer_kwargs"] = dict(opt["configs"])
-    if opt.get("load_state"):
-        unsupported.append("model_params.optimizer_params.load_state")
-    for key, value in model.items():
-        if key in ("update_params", "optimizer_params"):
-            continue
-        if value not in (None, 0, False, [], {}):
-            unsupported.append(f"model_params.{key}")
+    solver = _solver_from_ptyrad(model, loss, cons, unsupported)
+    recon_solver, checkpoint, output = _recon_from_ptyrad(recon, unsupported)
+    solver.update(recon_solver)
 
-    on = [k for k, v in loss.items() if not _is_off(v)]
-    if "loss_poissn" in on and "loss_single" not in on:
-        solver["loss"] = "poisson"
-    elif "loss_single" in on:
-        solver["loss"] = "amplitude"
-        if "loss_poissn" in on:
-            unsupported.append("loss_params.loss_poissn (together with loss_single)")
-    unsupported += [f"loss_params.{k}" for k in on if k not in ("loss_single", "loss_poissn")]
-    for k in ("loss_single", "loss_poissn"):
-        cfg = loss.get(k)
-        if k in on and isinstance(cfg, Mapping) and float(cfg.get("dp_pow", 0.5)) not in (
-                0.5, 1.0):
-            unsupported.append(f"loss_params.{k}.dp_pow={cfg.get('dp_pow')}")
-
-    constraints: dict[str, Any] = {}
-    for key, cfg in cons.items():
-        if _is_off(cfg):
-            if key == "ortho_pmode":
-                constraints["orthogonalize_probe_modes"] = 0
-            elif key == "fix_probe_int":
-                constraints["fix_probe_intensity"] = 0
-            continue
-        freq = int(cfg.get("freq", 1) or 1) if isinstance(cfg, Mapping) else 1
-        if key == "ortho_pmode":
-            constraints["orthogonalize_probe_modes"] = freq
-        elif key == "fix_probe_int":
-            constraints["fix_probe_intensity"] = freq
-        elif key == "obja_thresh" and isinstance(cfg, Mapping) and cfg.get("thresh"):
-            constraints["object_amplitude_range"] = tuple(float(t) for t in cfg["thresh"])
-        elif key == "objp_postiv":
-            constraints["positive_phase"] = True
-        else:
-            unsupported.append(f"constraint_params.{key}")
-    if constraints:
-        solver["constraints"] = constraints
-
-    output: dict[str, Any] = {}
-    checkpoint: dict[str, Any] = {}
-    if recon.get("NITER") is not None:
-        solver["iterations"] = int(recon.pop("NITER"))
-    bs = recon.pop("BATCH_SIZE", None)
-    if isinstance(bs, Mapping):
-        if bs.get("size") is not None:
-            solver["batch_size"] = int(bs["size"])
-        if int(bs.get("grad_accumulation", 1) or 1) != 1:
-            unsupported.append("recon_params.BATCH_SIZE.grad_accumulation")
-    elif bs is not None:
-        solver["batch_size"] = int(bs)
-    if recon.get("output_dir") is not None:
-        output["directory"] = str(recon.pop("output_dir"))
-    save_iters = recon.pop("SAVE_ITERS", None)
-    if save_iters:
-        checkpoint["every"] = int(save_iters)
-    group = recon.pop("GROUP_MODE", None)
-    if group not in (None, "random"):
-        unsupported.append(f"recon_params.GROUP_MODE={group!r} (stem4d uses random)")
-    for key in ("if_quiet", "INDICES_MODE", "prefix_time", "prefix", "postfix",
-                "save_result", "result_modes", "recon_dir_affixes", "copy_params",
-                "if_hypertune", "output_dir", "selected_figs", "if_save_figs"):
-        recon.pop(key, None)
-    unsupported += [f"recon_params.{k}" for k, v in recon.items() if v not in (None, False)]
-
-    data: dict[str, Any] = {"probe": probe, "object": obj, "scan": scan, "detector": detector,
+    data: dict[str, Any] = {"probe": probe, "object": obj, "scan": scan,
+                            "detector": {} if npix is None else {"shape": npix},
                             "measurements": measurements, "solver": solver,
                             "checkpoint": checkpoint, "output": output}
     if seed is not None:

@@ -124,7 +124,7 @@ def plot_object_phase(result: xr.DataTree, *, mode: int = 0, slices: Sequence[in
         im = ax.imshow(img.values, cmap="gray", extent=extent)
         if positions:
             p = result["positions"]["positions"].values
-            ax.plot(p[:, 1], p[:, 0], ".", color="tab:orange", ms=1.5, alpha=0.5)
+            ax.plot(p[:, 1], p[:, 0], ",", color="tab:orange", alpha=0.4)
         ax.set_title(title)
         ax.set_xlabel("ry (Å)")
         ax.set_ylabel("rx (Å)")

@@ -6,8 +6,10 @@ resumed run draws the same batches). Each minibatch is one call of a single
 ``jax.jit``-compiled step (``value_and_grad`` of the loss + the optax update, with the
 variables and optimizer state donated); the last minibatch of an iteration is padded
 with weight-0 entries so every call has the same shapes and the step compiles once.
-Constraints (probe-mode orthogonalization, fixed probe intensity, object amplitude
-range, positive phase) run between iterations in a second compiled function.
+Constraints (probe-mode orthogonalization, fixed probe intensity, lateral and
+along-the-beam object blur, object amplitude range, positive phase, position
+recentering; each on its own schedule) run between iterations, in PtyRAD's order, in a
+second compiled function.
 
 Scaling: the measurements are multiplied by ``c = N² / mean_j Σ_k I_j(k)`` (N the
 detector size), so the mean pattern sums to N² and the probe has unit mean ``|ψ|²`` per
@@ -32,15 +34,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import xarray as xr
+from jax import lax
 from tqdm.auto import tqdm
 
 from ..datacube import electron_wavelength
 from . import result as _result
-from .model import ModelSpec, batch_loss, fixed_geometry, probe_complex
+from .model import ModelSpec, batch_loss, fixed_geometry
 from .optics import make_probe, probe_modes
 from .params import PtychoParams, ScanParams, load_params
 
-__all__ = ["reconstruct", "model_patterns", "scan_positions", "load_checkpoint"]
+__all__ = ["reconstruct", "model_patterns", "scan_positions", "affine_matrix",
+           "load_checkpoint"]
 
 _VARIABLES = ("object_amplitude", "object_phase", "probe", "positions")
 
@@ -140,11 +144,42 @@ def model_patterns(
     return data, float(dk)
 
 
+def affine_matrix(scale: float, asymmetry: float, rotation: float, shear: float) -> np.ndarray:
+    """The scan affine ``[scale, asymmetry, rotation°, shear°]`` as a 2x2 matrix ``A``
+    acting on row vectors of (row, column) positions, ``p' = p @ A`` (the convention of
+    PtyRAD's ``pos_scan_affine`` and PtychoShelves)::
+
+        A = scale · diag(1 + asym/2, 1 - asym/2) · [[cos r, sin r], [-sin r, cos r]]
+                  · [[1, 0], [tan(shear), 1]]
+    """
+    r, sh = math.radians(rotation), math.radians(shear)
+    return (scale * np.diag([1 + asymmetry / 2, 1 - asymmetry / 2])
+            @ np.array([[math.cos(r), math.sin(r)], [-math.sin(r), math.cos(r)]])
+            @ np.array([[1.0, 0.0], [math.tan(sh), 1.0]]))
+
+
+def _targets(data: np.ndarray, scale: float, amplitude: bool) -> np.ndarray:
+    """``ifftshift(data · scale)`` (and its square root for the amplitude loss) as float32,
+    written once into one new array (this is a pass over all patterns: one allocation
+    instead of three)."""
+    n0, n1 = data.shape[-2:]
+    h0, h1 = n0 // 2, n1 // 2
+    out = np.empty(data.shape, dtype=np.float32)
+    out[:, :n0 - h0, :n1 - h1] = data[:, h0:, h1:]  # out[i] = data[(i + h) % n]
+    out[:, :n0 - h0, n1 - h1:] = data[:, h0:, :h1]
+    out[:, n0 - h0:, :n1 - h1] = data[:, :h0, h1:]
+    out[:, n0 - h0:, n1 - h1:] = data[:, :h0, :h1]
+    np.multiply(out, np.float32(scale), out=out)
+    if amplitude:
+        np.sqrt(out, out=out)
+    return out
+
+
 def scan_positions(scan: ScanParams, pixel_size: float, seed: int) -> np.ndarray:
     """Initial probe positions ``(n, 2)`` (row, column) in Å, scan frame.
 
     A raster ``(i · step_slow, j · step_fast)`` transformed about its centre by the
-    affine ``[scale, asymmetry, rotation°, shear°]`` (see :class:`ScanParams`), plus
+    affine ``[scale, asymmetry, rotation°, shear°]`` (:func:`affine_matrix`), plus
     Gaussian jitter of ``scan.jitter`` pixels (``pixel_size`` Å); or the given positions
     (plus jitter).
     """
@@ -154,14 +189,9 @@ def scan_positions(scan: ScanParams, pixel_size: float, seed: int) -> np.ndarray
         s0, s1 = scan.step_pair()
         ii, jj = np.meshgrid(np.arange(scan.shape[0]), np.arange(scan.shape[1]), indexing="ij")
         pos = np.stack([ii.ravel() * s0, jj.ravel() * s1], axis=1)
-        scale, asym, rot, shear = scan.affine
-        if (scale, asym, rot, shear) != (1.0, 0.0, 0.0, 0.0):
-            r, sh = math.radians(rot), math.radians(shear)
-            m = (scale * np.diag([1 + asym / 2, 1 - asym / 2])
-                 @ np.array([[math.cos(r), -math.sin(r)], [math.sin(r), math.cos(r)]])
-                 @ np.array([[1.0, 0.0], [math.tan(sh), 1.0]]))
+        if tuple(scan.affine) != (1.0, 0.0, 0.0, 0.0):
             centre = pos.mean(axis=0)
-            pos = (pos - centre) @ m.T + centre
+            pos = (pos - centre) @ affine_matrix(*scan.affine) + centre
     if scan.jitter > 0:
         pos = pos + np.random.default_rng([seed, 1]).normal(0, scan.jitter * pixel_size,
                                                             pos.shape)
@@ -169,11 +199,14 @@ def scan_positions(scan: ScanParams, pixel_size: float, seed: int) -> np.ndarray
 
 
 # ------------------------------------------------------------------- optimization
-def _optimizer(params: PtychoParams) -> optax.GradientTransformation:
+def _optimizer(params: PtychoParams, probe_lr_factor: float = 1.0
+               ) -> optax.GradientTransformation:
     factory = getattr(optax, params.solver.optimizer)
     transforms = {}
     for name in _VARIABLES:
         lr = getattr(params.solver.update, name).learning_rate
+        if name == "probe":
+            lr = lr * probe_lr_factor
         transforms[name] = (factory(learning_rate=lr, **params.solver.optimizer_kwargs)
                             if lr > 0 else optax.set_to_zero())
     return optax.multi_transform(transforms, {name: name for name in _VARIABLES})
@@ -191,27 +224,109 @@ def _make_step(spec: ModelSpec, opt: optax.GradientTransformation):
     return jax.jit(step, donate_argnums=(0, 1))
 
 
-def _make_constraints(spec: ModelSpec, probe_total: float):
-    def constrain(variables, ortho: bool, fix: bool, amp_range, positive: bool):
-        out = dict(variables)
-        probe = probe_complex(variables)
-        if ortho and spec.probe_modes > 1:
+def _gaussian_kernel(sigma: float, size: int) -> np.ndarray:
+    x = np.arange(size) - (size - 1) / 2
+    g = np.exp(-0.5 * (x / sigma) ** 2)
+    return (g / g.sum()).astype(np.float32)
+
+
+def _blur_axis(x: jax.Array, kernel: np.ndarray, axis: int, pad_mode: str) -> jax.Array:
+    """Convolve ``x`` along ``axis`` with a short odd kernel (padded ``pad_mode``)."""
+    h = len(kernel) // 2
+    n = x.shape[axis]
+    if pad_mode == "reflect":
+        h = min(h, n - 1)
+        kernel = kernel[len(kernel) // 2 - h: len(kernel) // 2 + h + 1]
+        kernel = kernel / kernel.sum()
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (h, h)
+    xp = jnp.pad(x, widths, mode=pad_mode)
+    out = 0.0
+    for i, w in enumerate(kernel):
+        out = out + float(w) * lax.slice_in_dim(xp, i, i + n, axis=axis)
+    return out
+
+
+def _blur(x: jax.Array, cfg: Any, lateral: bool) -> jax.Array:
+    kernel = _gaussian_kernel(cfg.sigma, cfg.kernel_size)
+    if lateral:  # rows and columns, reflected edges
+        return _blur_axis(_blur_axis(x, kernel, -2, "reflect"), kernel, -1, "reflect")
+    return _blur_axis(x, kernel, 1, "edge")  # slices, edge slices repeated
+
+
+def _relaxed(x: jax.Array, constrained: jax.Array, relax: float) -> jax.Array:
+    return constrained if relax == 0 else relax * x + (1 - relax) * constrained
+
+
+_CONSTRAINTS = ("orthogonalize_probe_modes", "fix_probe_intensity", "object_blur",
+                "slice_blur", "object_amplitude_range", "positive_phase",
+                "recenter_positions")
+
+
+def _due_constraints(cons: Any, spec: ModelSpec, iteration: int) -> tuple[bool, ...]:
+    """Which constraints run after ``iteration`` (0-based), in ``_CONSTRAINTS`` order;
+    those without an effect on this model (one probe mode, one slice, fixed positions,
+    zero blur) are skipped."""
+    moot = {"orthogonalize_probe_modes": spec.probe_modes == 1,
+            "slice_blur": spec.slices == 1 or (cons.slice_blur is not None
+                                               and cons.slice_blur.sigma == 0),
+            "object_blur": cons.object_blur is not None and cons.object_blur.sigma == 0,
+            "recenter_positions": not spec.train_positions}
+    return tuple(getattr(cons, name) is not None and not moot.get(name, False)
+                 and getattr(cons, name).due(iteration) for name in _CONSTRAINTS)
+
+
+def _make_constraints(spec: ModelSpec, probe_total: float, cons: Any,
+                      initial_positions: jax.Array):
+    """``constrain(variables, due)`` applying the constraints flagged in ``due`` (see
+    :func:`_due_constraints`) in PtyRAD's order. Two jit-compiled parts (static flags),
+    each compiled only when one of its constraints runs: the probe's (small and quick to
+    compile) and the object's and positions'."""
+
+    def probe_part(p, ortho: bool, fix: bool):
+        if ortho:
+            probe = lax.complex(p[0], p[1])
             flat = probe.reshape(spec.probe_modes, -1)
-            _, s, vh = jnp.linalg.svd(flat, full_matrices=False)
-            probe = (s[:, None] * vh).reshape(probe.shape)
+            _, sv, vh = jnp.linalg.svd(flat, full_matrices=False)
+            probe = (sv[:, None] * vh).reshape(probe.shape)
+            p = jnp.stack([jnp.real(probe), jnp.imag(probe)]).astype(p.dtype)
         if fix:
-            total = jnp.sum(jnp.abs(probe) ** 2)
-            probe = probe * jnp.sqrt(probe_total / total)
-        if ortho or fix:
-            out["probe"] = jnp.stack([jnp.real(probe), jnp.imag(probe)]).astype(
-                variables["probe"].dtype)
-        if amp_range is not None:
-            out["object_amplitude"] = jnp.clip(variables["object_amplitude"], *amp_range)
+            p = p * jnp.sqrt(probe_total / jnp.sum(p * p))
+        return p
+
+    def object_part(amp, phase, pos, flags: tuple[bool, ...]):
+        blur, zblur, amp_range, positive, recenter = flags
+        for on, cfg, lateral in ((blur, cons.object_blur, True),
+                                 (zblur, cons.slice_blur, False)):
+            if on:
+                if cfg.target in ("amplitude", "both"):
+                    amp = _blur(amp, cfg, lateral)
+                if cfg.target in ("phase", "both"):
+                    phase = _blur(phase, cfg, lateral)
+        if amp_range:
+            cfg = cons.object_amplitude_range
+            amp = _relaxed(amp, jnp.clip(amp, *cfg.range), cfg.relax)
         if positive:
-            out["object_phase"] = jnp.maximum(variables["object_phase"], 0.0)
+            phase = _relaxed(phase, jnp.maximum(phase, 0.0), cons.positive_phase.relax)
+        if recenter:
+            mean = jnp.mean(pos - initial_positions, axis=0)
+            pos = pos - (1 - cons.recenter_positions.relax) * mean
+        return amp, phase, pos
+
+    probe_jit = jax.jit(probe_part, static_argnums=(1, 2), donate_argnums=(0,))
+    object_jit = jax.jit(object_part, static_argnums=(3,), donate_argnums=(0, 1, 2))
+
+    def constrain(variables: dict, due: tuple[bool, ...]) -> dict:
+        out = dict(variables)
+        if due[0] or due[1]:
+            out["probe"] = probe_jit(variables["probe"], due[0], due[1])
+        if any(due[2:]):
+            out["object_amplitude"], out["object_phase"], out["positions"] = object_jit(
+                variables["object_amplitude"], variables["object_phase"],
+                variables["positions"], tuple(due[2:]))
         return out
 
-    return jax.jit(constrain, static_argnums=(1, 2, 3, 4), donate_argnums=(0,))
+    return constrain
 
 
 # ------------------------------------------------------------------- checkpoints
@@ -246,11 +361,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------ driver
-def _due(every: int, iteration: int) -> bool:
-    """Whether a constraint applied every ``every`` iterations runs after ``iteration``."""
-    return every > 0 and (iteration + 1) % every == 0
-
-
 def _init_array(init: Any, key: str) -> np.ndarray | None:
     if init is None:
         return None
@@ -340,8 +450,7 @@ def reconstruct(
     if mean_total <= 0:
         raise ValueError("measurements are all zero")
     scale = n * n / mean_total
-    scaled = np.fft.ifftshift(data * np.float32(scale), axes=(-2, -1))
-    targets = np.sqrt(scaled) if params.solver.loss == "amplitude" else scaled
+    targets = _targets(data, scale, params.solver.loss == "amplitude")
 
     # probe
     powers = params.probe.powers()
@@ -378,7 +487,8 @@ def reconstruct(
         window=n, object_shape=obj_shape, probe_modes=params.probe.modes, object_modes=n_om,
         slices=n_sl, occupancies=tuple(params.object.occupancy()), wavelength=lam,
         pixel_size=dx, slice_thickness=float(params.object.slice_thickness or 0.0),
-        loss=params.solver.loss, train_positions=params.solver.update.positions.learning_rate > 0,
+        loss=params.solver.loss, reduction=params.solver.loss_reduction,
+        train_positions=params.solver.update.positions.learning_rate > 0,
     )
     put = (lambda x: jax.device_put(x, device)) if device is not None else jax.device_put
     variables = {
@@ -387,7 +497,9 @@ def reconstruct(
         "probe": put(np.stack([probe0.real, probe0.imag]).astype(np.float32)),
         "positions": put(corners.astype(np.float32)),
     }
-    opt = _optimizer(params)
+    probe_lr_factor = math.sqrt(scale) if params.solver.update.probe_units == "measurements" \
+        else 1.0
+    opt = _optimizer(params, probe_lr_factor)
     opt_state = jax.jit(opt.init)(variables)  # one compilation instead of one per leaf
     start, losses = 0, []
     if checkpoint is not None:
@@ -404,14 +516,14 @@ def reconstruct(
                              "(optimizer or learning rates differ)")
         opt_state = jax.tree_util.tree_unflatten(treedef, [put(a) for a in ck["opt_leaves"]])
         start, losses = ck["iteration"], list(ck["loss"])
-    targets_dev = put(targets.astype(np.float32))
+    targets_dev = put(targets)
     geometry = None
     if not spec.train_positions:  # positions fixed: shift ramps computed once, on the host
         geometry = {k: put(v) for k, v in fixed_geometry(corners.astype(np.float32), n).items()}
 
     step = _make_step(spec, opt)
     cons = params.solver.constraints
-    constrain = _make_constraints(spec, float(n * n))
+    constrain = _make_constraints(spec, float(n * n), cons, put(corners.astype(np.float32)))
     ck_every = params.checkpoint.every
     ck_path = None
     if ck_every > 0:
@@ -430,7 +542,6 @@ def reconstruct(
     compile_s = None
     bar = tqdm(total=total, initial=min(start, total), disable=not progress, desc="ptycho",
                unit="it")
-    amp_range = tuple(cons.object_amplitude_range) if cons.object_amplitude_range else None
     for it in range(start, total):
         t0 = time.perf_counter()
         order = np.random.default_rng([params.seed, 2, it]).permutation(n_scan)
@@ -450,18 +561,16 @@ def reconstruct(
             if compile_s is None:
                 loss.block_until_ready()
                 compile_s = time.perf_counter() - t0
-        ortho = _due(cons.orthogonalize_probe_modes, it)
-        fix = _due(cons.fix_probe_intensity, it)
-        if ortho or fix or amp_range is not None or cons.positive_phase:
-            variables = constrain(variables, bool(ortho and spec.probe_modes > 1), fix,
-                                  amp_range, cons.positive_phase)
+        due = _due_constraints(cons, spec, it)
+        if any(due):
+            variables = constrain(variables, due)
         counts = weight.reshape(n_batches, bs).sum(axis=1)
         losses.append(float(np.dot(np.asarray(jax.device_get(batch_losses)), counts)) / n_scan)
         times.append(time.perf_counter() - t0)
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.4g}")
         if callback is not None:
-            ph = np.asarray(jnp.sum(variables["object_phase"][0], axis=0))
+            ph = np.asarray(variables["object_phase"])[0].sum(axis=0)
             coords = {d: (d, (np.arange(ph.shape[i]) - offset[i]) * dx, {"units": "Å"})
                       for i, d in enumerate(("rx", "ry"))}
             callback(it + 1, losses[-1], xr.DataArray(ph, dims=("rx", "ry"), coords=coords,
