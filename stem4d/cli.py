@@ -59,7 +59,6 @@ def run_demo(out: Path, *, scan: int = 32, detector: int = 128, quiet: bool = Fa
         strain={"exx": np.repeat(np.linspace(0.0, 0.02, scan)[:, None], scan, axis=1)},
         dose=200.0, r_step=2.0, q_pixel_size=q_pixel, beam_energy=300e3, seed=1,
     )
-    radius_q = float(truth["disk_radius"]) * q_pixel
     say(f"  calibration: {s4.calibration_summary(cube)}")
     # forget the simulator's origin and find it again from the data
     raw = s4.set_origin(cube.drop_vars(["qx0", "qy0"]), (detector - 1) / 2, (detector - 1) / 2)
@@ -73,10 +72,12 @@ def run_demo(out: Path, *, scan: int = 32, detector: int = 128, quiet: bool = Fa
         f"fit residual {float(fitted.qx0_rms):.4f} px")
     disk = timer.step("probe: bright-field disk radius (threshold sweep, centred mean)",
                       s4.probe_size, cube, shift_center=True)
-    say(f"    disk radius {float(disk.radius):.3f} px (simulated {float(truth.disk_radius):.3f}"
-        f" px); convergence semiangle from it: "
-        f"{float(disk.radius) * q_pixel * 1000 * s4.electron_wavelength(300e3):.3f} mrad "
-        f"(simulated {float(cube.convergence_semiangle):.3f} mrad)")
+    dk_probe = s4.q_pixel_size_from_probe(float(cube.convergence_semiangle),
+                                          float(disk.radius_flux), 300e3)
+    say(f"    disk radius {float(disk.radius_flux):.3f} px (simulated "
+        f"{float(truth.disk_radius):.3f} px); pixel size from it and the convergence "
+        f"semiangle: {dk_probe:.5f} 1/Å (simulated {q_pixel:.5f} 1/Å)")
+    radius_q = float(disk.radius_flux) * q_pixel
     bf = s4.detectors.circle(cube, radius=radius_q)
     adf = s4.detectors.annulus(cube, radii=(2.0 * radius_q, 0.48 * detector * q_pixel))
     images = timer.step("virtual BF + ADF images (one pass)", s4.virtual_image, cube,
@@ -89,6 +90,14 @@ def run_demo(out: Path, *, scan: int = 32, detector: int = 128, quiet: bool = Fa
     mean_centred = timer.step("mean pattern, origin-centred (subpixel)",
                               s4.virtual_diffraction, cube, "mean", shift_center=True,
                               subpixel=True)
+    template = s4.probe.kernel(s4.synthetic_probe(cube, float(disk.radius), 0.5), "flat")
+    peaks = timer.step("Bragg disks: template correlation, multicorr subpixel",
+                       s4.find_bragg_disks, cube, template)
+    rms, recall, false_pos = _score_peaks(peaks, truth)
+    say(f"    {int(peaks['count'].sum())} peaks; vs truth: RMS {rms:.3f} px, recall "
+        f"{100 * recall:.2f} %, {false_pos:.3f} false positives per pattern")
+    bvm = timer.step("Bragg vector map (origin-centred)", s4.bragg_vector_map, peaks,
+                     sampling=2, calibrated=True)
     say("simulating a (24, 24, 64, 64) phase-object dataset, detector rotated 23° and flipped")
     dpc_cube, dpc_truth = timer.step(
         "simulate phase object (wave optics)", s4.simulate.phase_object, (24, 24), (64, 64),
@@ -108,6 +117,8 @@ def run_demo(out: Path, *, scan: int = 32, detector: int = 128, quiet: bool = Fa
     ptycho = _demo_ptychography(out, timer, say)
     tree = xr.DataTree.from_dict({
         "/ptychography": ptycho,
+        "/bragg/peaks": peaks,
+        "/bragg/vector_map": bvm.to_dataset(name="bvm"),
         "/calibration/origin": fitted,
         "/calibration/probe": disk,
         "/calibration/orientation": orientation,
@@ -144,6 +155,8 @@ def run_demo(out: Path, *, scan: int = 32, detector: int = 128, quiet: bool = Fa
 
         paths = []
         for name, fig in (("origin.png", s4.plot.show_origin(measured, fitted)),
+                          ("bragg_peaks.png", s4.plot.show_peaks(cube, peaks, 0, 0)),
+                          ("bragg_vector_map.png", s4.plot.show_bragg_vector_map(bvm)),
                           ("com.png", s4.plot.show_com(com, phase)),
                           ("orientation.png", s4.plot.show_orientation(orientation))):
             paths.append(out / name)
@@ -161,6 +174,39 @@ def run_demo(out: Path, *, scan: int = 32, detector: int = 128, quiet: bool = Fa
     for p in [nc_path, *pngs]:
         say(f"  {p}")
     return nc_path
+
+
+def _score_peaks(peaks, truth) -> tuple[float, float, float]:
+    """RMS error (pixels), recall and false positives per pattern of detected peaks
+    against the simulator's disks wholly on the detector (matched within 2 px)."""
+    import numpy as np
+    from scipy.spatial import cKDTree
+
+    from .bragg import _peaks_to_pixels
+
+    px, py = (np.asarray(v) for v in _peaks_to_pixels(peaks))
+    tx, ty = np.asarray(truth.bragg_qx), np.asarray(truth.bragg_qy)
+    inside = np.asarray(truth.bragg_inside)
+    inside = np.broadcast_to(inside, tx.shape) if inside.ndim < tx.ndim else inside
+    errors, found, n_true, n_false = [], 0, 0, 0
+    for i in range(tx.shape[0]):
+        for j in range(tx.shape[1]):
+            ok = np.isfinite(px[i, j])
+            det = np.stack([px[i, j][ok], py[i, j][ok]], axis=1)
+            true_all = np.stack([tx[i, j], ty[i, j]], axis=1)
+            if len(det) == 0:
+                n_true += int(inside[i, j].sum())
+                continue
+            dist, _ = cKDTree(det).query(true_all[inside[i, j]])
+            hit = dist < 2.0
+            errors.extend(dist[hit] ** 2)
+            found += int(hit.sum())
+            n_true += int(inside[i, j].sum())
+            nearest, _ = cKDTree(true_all).query(det)
+            n_false += int((nearest >= 2.0).sum())
+    n_patterns = tx.shape[0] * tx.shape[1]
+    return (float(np.sqrt(np.mean(errors))) if errors else float("nan"),
+            found / max(n_true, 1), n_false / n_patterns)
 
 
 def _demo_ptychography(out: Path, timer: _Timer, say):
