@@ -93,11 +93,16 @@ _LAZY_FUNCTIONS = {
     "mask_peaks": "stem4d.bragg_vectors",
     "vector_virtual_image": "stem4d.bragg_vectors",
     "origin_from_vectors": "stem4d.bragg_vectors",
+    "choose_basis": "stem4d.strain",
+    "index_peaks": "stem4d.strain",
+    "fit_lattice": "stem4d.strain",
+    "strain_map": "stem4d.strain",
+    "strain_from_cube": "stem4d.strain",
     "get_orientation": "stem4d.orientation",
 }
 _LAZY_MODULES = {"detectors", "virtual", "io", "preprocess", "simulate", "plot", "cli", "probe",
                  "origin", "calibrate", "com", "orientation", "ptycho", "bragg",
-                 "bragg_vectors"}
+                 "bragg_vectors", "strain"}
 
 
 def __getattr__(name: str) -> Any:

@@ -73,6 +73,11 @@ _FORWARDS = {
     "mask_peaks": "stem4d.bragg_vectors:mask_peaks",
     "vector_virtual_image": "stem4d.bragg_vectors:vector_virtual_image",
     "origin_from_vectors": "stem4d.bragg_vectors:origin_from_vectors",
+    "choose_basis": "stem4d.strain:choose_basis",
+    "index_peaks": "stem4d.strain:index_peaks",
+    "fit_lattice": "stem4d.strain:fit_lattice",
+    "strain_map": "stem4d.strain:strain_map",
+    "strain_from_cube": "stem4d.strain:strain_from_cube",
 }
 
 
