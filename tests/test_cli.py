@@ -42,8 +42,11 @@ def test_demo_end_to_end(tmp_path, capsys):
     recall = float(printed.split("recall ")[1].split(" %")[0])
     rms = float(printed.split("vs truth: RMS ")[1].split(" px")[0])
     assert recall > 85.0 and rms < 0.3
+    strain = tree["strain"].to_dataset()
+    exx_error = float(printed.split("recovered with RMS error ")[1].split(" %")[0])
+    assert exx_error < 0.2 and float(strain["exx"].max()) > 0.01  # the 0-2 % ramp
     for name in ("origin.png", "com.png", "orientation.png", "bragg_peaks.png",
-                 "bragg_vector_map.png"):
+                 "bragg_vector_map.png", "strain.png"):
         assert (tmp_path / name).stat().st_size > 1000
 
 
