@@ -366,3 +366,27 @@ def xcorr_peaks(
         shifts[start:stop, 1] = np.mod(sy + ny / 2, ny) - ny / 2
         peaks[start:stop] = peak
     return shifts, peaks
+
+
+def bilinear_histogram(fx: np.ndarray, fy: np.ndarray, weights: np.ndarray,
+                       shape: tuple[int, int]) -> np.ndarray:
+    """2-D histogram with bilinear deposition at fractional bin positions.
+
+    Each weight is shared between the four bins around ``(fx, fy)`` (bin ``i`` centred
+    at ``i``); non-finite positions and zero weights are skipped; bins outside ``shape``
+    get nothing. Returns a float64 array of ``shape``.
+    """
+    nx, ny = shape
+    ok = np.isfinite(fx) & np.isfinite(fy) & (weights != 0)
+    fx, fy, w = fx[ok], fy[ok], weights[ok]
+    ix, iy = np.floor(fx), np.floor(fy)
+    dx, dy = fx - ix, fy - iy
+    ix, iy = ix.astype(np.int64), iy.astype(np.int64)
+    hist = np.zeros(nx * ny)
+    for ox, wx in ((0, 1 - dx), (1, dx)):
+        for oy, wy in ((0, 1 - dy), (1, dy)):
+            jx, jy = ix + ox, iy + oy
+            inside = (jx >= 0) & (jx < nx) & (jy >= 0) & (jy < ny)
+            hist += np.bincount(jx[inside] * ny + jy[inside], (w * wx * wy)[inside],
+                                minlength=nx * ny)
+    return hist.reshape(nx, ny)

@@ -63,6 +63,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from ._kernels import bilinear_histogram
 from .bragg import _detector_map, _validate_peaks
 from .datacube import Q_UNITS, SCAN_DIMS, electron_wavelength, normalize_units
 from .orientation import get_orientation
@@ -552,20 +553,9 @@ def _bvm_block(qx: np.ndarray, qy: np.ndarray, inten: np.ndarray, scan: np.ndarr
     t = params["t"]
     if not np.array_equal(t, np.eye(2)):
         px, py = t[0, 0] * px + t[0, 1] * py, t[1, 0] * px + t[1, 1] * py
-    fx = (px - x0) / bx
-    fy = (py - y0) / by
-    ok = np.isfinite(fx) & np.isfinite(fy) & (w != 0)
-    fx, fy, w = fx[ok], fy[ok], w[ok]
-    ix, iy = np.floor(fx), np.floor(fy)
-    dx, dy = fx - ix, fy - iy
-    ix, iy = ix.astype(np.int64), iy.astype(np.int64)
-    hist = np.zeros(nbx * nby)
-    for ox, wx in ((0, 1 - dx), (1, dx)):
-        for oy, wy in ((0, 1 - dy), (1, dy)):
-            jx, jy = ix + ox, iy + oy
-            inside = (jx >= 0) & (jx < nbx) & (jy >= 0) & (jy < nby)
-            hist += np.bincount(jx[inside] * nby + jy[inside], (w * wx * wy)[inside],
-                                minlength=nbx * nby)
+    fx, fy = np.broadcast_arrays((px - x0) / bx, (py - y0) / by)
+    hist = bilinear_histogram(fx.ravel(), fy.ravel(), np.broadcast_to(w, fx.shape).ravel(),
+                              (nbx, nby))
     return hist.reshape(1, 1, nbx, nby)
 
 

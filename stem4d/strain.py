@@ -102,6 +102,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from ._kernels import bilinear_histogram
 from .bragg import _detector_map
 from .bragg_vectors import _is_vectors, _raw_peaks, _scan_coords, calibrate_vectors
 from .datacube import SCAN_DIMS
@@ -411,18 +412,7 @@ def _fit_block(vx: np.ndarray, vy: np.ndarray, inten: np.ndarray, *, params: dic
 def _deposit(x: np.ndarray, y: np.ndarray, w: np.ndarray, lo: float, step: float,
              nbins: int) -> np.ndarray:
     """Bilinear 2-D histogram (bin ``i`` centred at ``lo + i * step``)."""
-    fx, fy = (x - lo) / step, (y - lo) / step
-    ix, iy = np.floor(fx), np.floor(fy)
-    dx, dy = fx - ix, fy - iy
-    ix, iy = ix.astype(np.int64), iy.astype(np.int64)
-    hist = np.zeros(nbins * nbins)
-    for ox, wx in ((0, 1 - dx), (1, dx)):
-        for oy, wy in ((0, 1 - dy), (1, dy)):
-            jx, jy = ix + ox, iy + oy
-            inside = (jx >= 0) & (jx < nbins) & (jy >= 0) & (jy < nbins)
-            hist += np.bincount(jx[inside] * nbins + jy[inside], (w * wx * wy)[inside],
-                                minlength=nbins * nbins)
-    return hist.reshape(nbins, nbins)
+    return bilinear_histogram((x - lo) / step, (y - lo) / step, w, (nbins, nbins))
 
 
 def _find_spots(image: np.ndarray, xs: np.ndarray, ys: np.ndarray, min_rel: float,
