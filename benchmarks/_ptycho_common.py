@@ -207,3 +207,16 @@ def aligned_ncc(recon: np.ndarray, truth: np.ndarray, truth_centers: np.ndarray,
                     best = ncc
                     shift = (where[0] + sy - lo[0], where[1] + sx - lo[1])
     return best, shift
+
+
+def process_seconds(fallback_start: float) -> float:
+    """Seconds since the process started (interpreter start-up and imports included);
+    without psutil, since ``fallback_start`` (a ``time.perf_counter()`` taken first)."""
+    import time
+
+    try:
+        import psutil
+
+        return time.time() - psutil.Process().create_time()
+    except ImportError:
+        return time.perf_counter() - fallback_start

@@ -33,12 +33,12 @@ import argparse
 import inspect
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _tool_runs import run_tools
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "_data"
@@ -323,22 +323,9 @@ def main() -> None:
     truth = dict(np.load(paths["truth"]))
     n_pat = SCAN[0] * SCAN[1]
     rows, notes = [], {}
-    env = dict(os.environ, TQDM_DISABLE="1")
-    for name in sorted(args.tools.split(","), key=lambda t: t != "py4DSTEM"):
-        python = sys.executable if name == "stem4d" else args.peers_python
-        if not Path(python).exists():
-            print(f"skipping {name}: no interpreter at {python}", file=sys.stderr)
-            continue
-        out = DATA / f"{TAG}_found_{name}.npz"
-        t0 = time.perf_counter()
-        proc = subprocess.run([python, __file__, "--worker", name, "--repeat",
-                               str(args.repeat), "--out", str(out)],
-                              capture_output=True, text=True, env=env)
-        if proc.returncode:
-            print(f"{name} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
-            continue
-        print(f"{name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-        res = json.loads(proc.stdout.strip().splitlines()[-1])
+    tools = sorted(args.tools.split(","), key=lambda t: t != "py4DSTEM")
+    for name, res, out in run_tools(__file__, tools, args.peers_python, args.repeat,
+                                    lambda t: DATA / f"{TAG}_found_{t}.npz"):
         found = np.load(out)
         for row in res["rows"]:
             if "key" in row:

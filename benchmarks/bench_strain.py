@@ -36,12 +36,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _tool_runs import run_tools
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "_data"
@@ -232,22 +232,8 @@ def main() -> None:
     paths = make_data()
     truth = dict(np.load(paths["truth"]))
     rows, notes = [], {}
-    env = dict(os.environ, TQDM_DISABLE="1")
-    for name in args.tools.split(","):
-        python = sys.executable if name == "stem4d" else args.peers_python
-        if not Path(python).exists():
-            print(f"skipping {name}: no interpreter at {python}", file=sys.stderr)
-            continue
-        out = DATA / f"{TAG}_maps_{name}.npz"
-        t0 = time.perf_counter()
-        proc = subprocess.run([python, __file__, "--worker", name, "--repeat",
-                               str(args.repeat), "--out", str(out)],
-                              capture_output=True, text=True, env=env)
-        if proc.returncode:
-            print(f"{name} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
-            continue
-        print(f"{name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-        res = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, res, out in run_tools(__file__, args.tools.split(","), args.peers_python,
+                                    args.repeat, lambda t: DATA / f"{TAG}_maps_{t}.npz"):
         maps = np.load(out)
         for row in res["rows"]:
             m = maps[row["key"]]

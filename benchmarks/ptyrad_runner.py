@@ -56,7 +56,7 @@ from pathlib import Path
 
 _T_START = time.perf_counter()
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _ptycho_common import pin_threads  # noqa: E402
+from _ptycho_common import pin_threads, process_seconds  # noqa: E402
 
 pin_threads(int(os.environ.get("BENCH_CPU", "0")))
 
@@ -304,7 +304,7 @@ def run(data: dict, niter: int, batch: int, seed: int, out: str | None,
         "import_seconds": import_s,
         "init_seconds": init_s,
         "run_seconds": run_s,
-        "total_seconds": _process_seconds(),
+        "total_seconds": process_seconds(_T_START),
         "plotting_module": plotting,
         "pos_scan_rand_std": rand_std,
     }
@@ -345,7 +345,7 @@ def run_params_file(path: str, truth: str | None, seed: int | None, verbose: boo
               "niter": params["recon_params"]["NITER"],
               "seconds_per_iteration": float(np.mean(model.iter_times)),
               "run_seconds": run_s, "plotting_module": plotting,
-              "total_seconds": _process_seconds()}
+              "total_seconds": process_seconds(_T_START)}
     if truth:
         from _ptycho_common import aligned_ncc, load_inputs
 
@@ -353,16 +353,6 @@ def run_params_file(path: str, truth: str | None, seed: int | None, verbose: boo
         phase = model.opt_objp.detach().cpu().numpy()[0].sum(0)
         result["ncc"] = aligned_ncc(phase, ref["truth_phase"], ref["truth_centers"])[0]
     return result
-
-
-def _process_seconds() -> float:
-    """Seconds since the process started (interpreter start-up and imports included)."""
-    try:
-        import psutil
-
-        return time.time() - psutil.Process().create_time()
-    except ImportError:
-        return time.perf_counter() - _T_START
 
 
 def main(argv: list[str] | None = None) -> None:

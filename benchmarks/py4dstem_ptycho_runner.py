@@ -37,7 +37,7 @@ from pathlib import Path
 
 _T_START = time.perf_counter()
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _ptycho_common import pin_threads  # noqa: E402
+from _ptycho_common import pin_threads, process_seconds  # noqa: E402
 
 pin_threads(int(os.environ.get("BENCH_CPU", "0")))
 
@@ -127,7 +127,7 @@ def run(data: dict, niter: int, batch: int, seed: int, out: str | None,
         "import_seconds": import_s,
         "init_seconds": init_s,
         "run_seconds": first + rest,
-        "total_seconds": _process_seconds(),
+        "total_seconds": process_seconds(_T_START),
         "sampling_A": [float(s) for s in ptycho.sampling],
     }
     if "truth_phase" in data:
@@ -156,16 +156,6 @@ def run(data: dict, niter: int, batch: int, seed: int, out: str | None,
                  positions_px=np.asarray(ptycho.positions) / float(ptycho.sampling[0]))
         result["output"] = str(out)
     return result
-
-
-def _process_seconds() -> float:
-    """Seconds since the process started (interpreter start-up and imports included)."""
-    try:
-        import psutil
-
-        return time.time() - psutil.Process().create_time()
-    except ImportError:
-        return time.perf_counter() - _T_START
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -55,6 +55,7 @@ from .datacube import (
     _axis_step,
     validate_cube,
 )
+from .detectors import _mask_array
 
 __all__ = [
     "bin_q",
@@ -815,19 +816,11 @@ def resample_q(
 
 # ============================================================== public: bad pixels
 def _as_detector_mask(cube: xr.DataArray, mask: Any) -> np.ndarray:
-    """``mask`` as a bool numpy array of the detector shape (small; computed if lazy)."""
-    shape = (cube.sizes["qx"], cube.sizes["qy"])
-    if isinstance(mask, xr.DataArray):
-        if set(mask.dims) != set(DETECTOR_DIMS):
-            raise ValueError(f"mask must have dims ('qx', 'qy'), got {tuple(mask.dims)}")
-        mask = mask.transpose(*DETECTOR_DIMS).values
-    arr = np.asarray(mask)
-    if arr.shape != shape:
-        raise ValueError(
-            f"mask must have the detector shape {shape} (qx, qy), got shape {arr.shape}"
-        )
+    """``mask`` as a bool numpy array of the detector shape (True = bad pixel; 0/1 numbers
+    accepted); dims, shape and finiteness are checked by ``detectors._mask_array``."""
+    arr = _mask_array(mask, (cube.sizes["qx"], cube.sizes["qy"]), "mask")
     if arr.dtype != bool:
-        if arr.dtype.kind not in "iuf" or not np.all((arr == 0) | (arr == 1)):
+        if not np.all((arr == 0) | (arr == 1)):
             raise TypeError(
                 f"mask must be boolean (True = bad pixel), got dtype {arr.dtype} "
                 "with values other than 0/1"
