@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import sys
+import time
 from pathlib import Path
 
 import dask.array as da
@@ -216,10 +217,15 @@ def test_save_overwrite_false_and_bad_suffix(tmp_path):
 
 
 def _failing(cube: xr.DataArray) -> xr.DataArray:
-    """A dask-backed copy whose third scan row raises when computed."""
+    """A dask-backed copy whose first scan row raises when computed.
+
+    The other rows are slow, so they are still being written when the error
+    surfaces: the save must wait for them before it cleans up.
+    """
     def block(x, block_info=None):
-        if block_info[0]["chunk-location"][0] == 2:
+        if block_info[0]["chunk-location"][0] == 0:
             raise RuntimeError("disk full")
+        time.sleep(0.1)
         return x
     return cube.copy(data=cube.chunk({"rx": 1}).data.map_blocks(block, dtype=cube.dtype))
 
@@ -231,6 +237,7 @@ def test_failed_save_keeps_existing_file(tmp_path, suffix):
     before = listing(tmp_path)
     with pytest.raises(RuntimeError, match="disk full"):
         stem4d.save(_failing(good * 3), path)
+    time.sleep(0.3)  # longer than the slow rows: a stray writer would have re-created files
     assert listing(tmp_path) == before  # no temporary file left behind
     assert_same(stem4d.open(path).compute(), good)
 

@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import shutil
+import time
 import uuid
 import warnings
 from collections.abc import Hashable, Mapping
@@ -201,10 +202,37 @@ def _marks(kind: str, name: Hashable | None) -> dict[str, Any]:
     return marks
 
 
+@contextlib.contextmanager
+def _drained_thread_pool():
+    """Run dask's local threaded writes on a private pool that is drained on exit.
+
+    When one chunk fails, dask raises at once while other threads may still be
+    writing chunks; cleaning up before they stop would leave a half-written
+    temporary store behind. Other schedulers (synchronous, processes, a
+    ``dask.distributed`` client) are left as they are.
+    """
+    import dask
+    import dask.threaded
+    from dask.base import get_scheduler
+
+    if get_scheduler() not in (None, dask.threaded.get):
+        yield
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=dask.system.CPU_COUNT)
+    try:
+        with dask.config.set(scheduler="threads", pool=pool):
+            yield
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _write(obj: xr.Dataset | xr.DataTree, target: Path, fmt: str, kwargs: dict) -> None:
     if fmt == "zarr":
         options = {**_ZARR_OPTIONS, **kwargs}
-        obj.to_zarr(target, mode="w", **options)
+        with _drained_thread_pool():
+            obj.to_zarr(target, mode="w", **options)
         return
     if isinstance(obj, xr.DataTree):
         complex_data = any(_has_complex(n.dataset) for n in obj.subtree)
@@ -213,14 +241,19 @@ def _write(obj: xr.Dataset | xr.DataTree, target: Path, fmt: str, kwargs: dict) 
     options = dict(kwargs)
     if complex_data:
         options.setdefault("invalid_netcdf", True)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _drained_thread_pool():
         warnings.filterwarnings("ignore", message=".*invalid netcdf features.*")
         obj.to_netcdf(target, engine="h5netcdf", **options)
 
 
-def _remove(path: Path) -> None:
+def _remove(path: Path, attempts: int = 20, wait_s: float = 0.05) -> None:
+    """Remove a file or directory tree; retried while remote writers may still add to it."""
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
+        for _ in range(attempts):
+            shutil.rmtree(path, ignore_errors=True)
+            time.sleep(wait_s)
+            if not path.exists():
+                return
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
