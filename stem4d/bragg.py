@@ -14,7 +14,8 @@ some positions) and returns them as a *peaks Dataset* (the format shared with
   scan rotation/flip, ellipse), ``(rx, ry)`` coordinates (the per-position origin
   ``qx0``/``qy0``), and the detector grid as index coordinates ``detector_qx`` and
   ``detector_qy`` (pixel index = ``(qx - detector_qx[0]) / step``);
-* ``attrs``: ``stem4d_type = "bragg_peaks"`` and the detection parameters.
+* ``attrs``: ``stem4d_type = "bragg_peaks"``, the detection parameters and, with a
+  template, ``template_radius`` (pixels, the radius of its half-maximum area).
 
 The algorithm, per batch of patterns (many patterns per FFT call, float32/complex64)
 -------------------------------------------------------------------------------------
@@ -899,6 +900,8 @@ def find_bragg_disks(
         "edge_boundary": edge_boundary, "max_num_peaks": max_num_peaks,
         "selection": mode,
     }
+    if radius is not None:
+        attrs["template_radius"] = radius  # pixels, from the template's half-maximum area
     flag_var = xr.Variable(("rx", "ry", "peak"), flag, {
         "long_name": "subpixel refinement: 0 first window, 1 window moved to the maximum, "
                      "2 not found within 2 pixels (parabolic estimate kept), -1 padding"})
