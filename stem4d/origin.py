@@ -251,9 +251,11 @@ def _template_setup(cube: xr.DataArray, template: Any) -> dict[str, Any]:
         raise ValueError("template contains NaN or inf")
     if not np.any(values):
         raise ValueError("template is all zero: nothing to correlate with")
-    # reference point: the periodic centre of mass of |template| (exact for a symmetric
-    # probe or kernel, wherever it sits, including centred on the array corner)
-    weights = np.abs(values)
+    # reference point: the periodic centre of mass of the template's bright part (exact
+    # for a symmetric probe or kernel, wherever it sits, including centred on the array
+    # corner); values below 10 % of the maximum (noise, the ringing of a Fourier-shifted
+    # probe, a kernel's negative trench) would pull it off centre
+    weights = np.clip(values - 0.1 * values.max(), 0.0, None)
     ref_arr = np.empty(2)
     for axis, n in enumerate(shape):
         marginal = weights.sum(axis=1 - axis)
