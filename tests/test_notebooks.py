@@ -1,4 +1,7 @@
-"""The notebooks run top to bottom (code cells executed in order, figures off-screen)."""
+"""The notebooks run top to bottom (code cells executed in order, figures off-screen).
+
+Each notebook's last cell asserts its results against the simulated truth.
+"""
 
 from __future__ import annotations
 
@@ -24,8 +27,10 @@ def test_notebook_runs(path: Path) -> None:
             source = "".join(cell["source"])
             exec(compile(source, f"{path.name}[cell {i}]", "exec"), namespace)
     plt.close("all")
-    images = namespace["images"]
-    # following the beam removes the drift contrast from the BF image
-    fixed = float(images.bf.std() / images.bf.mean())
-    following = float(images.bf_following_beam.std() / images.bf_following_beam.mean())
-    assert following < 0.5 * fixed
+    # each notebook ends with asserts against its simulated truth; notebook 01 is
+    # also checked here: following the beam removes the drift contrast from the BF image
+    if path.name.startswith("01_"):
+        images = namespace["images"]
+        fixed = float(images.bf.std() / images.bf.mean())
+        following = float(images.bf_following_beam.std() / images.bf_following_beam.mean())
+        assert following < 0.5 * fixed
