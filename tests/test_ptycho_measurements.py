@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import dask
 import dask.array as da
@@ -397,6 +398,28 @@ def test_prepare_from_npy_file_matches_manual_chain(rng, tmp_path):
     assert s4.q_pixel_size(out)[0] == pytest.approx(dk / 1.5)
     assert dk == pytest.approx(25.0 / 8.0 / (1000 * LAM_300), rel=0.01)  # BF radius 8 px
     np.testing.assert_allclose(out.rx.values[::5], [0.4, 0.8, 1.2, 1.6])
+
+
+def test_prepare_from_stem4d_and_py4dstem_files_with_a_scan_shape(rng, tmp_path):
+    # parameter files always give the scan shape; readers of files that carry their
+    # own (stem4d, py4DSTEM) must not be handed it, and a stored stack is reshaped
+    data = _ptyrad_like_data(rng)
+    cube = m.as_cube(data, r_step=0.4, r_units="Å")
+    kw = dict(scan_shape=(6, 5), normalization=None, calibration={"mode": "dk", "value": 0.05})
+    expected = m.prepare_measurements(cube, **kw)
+    s4.save(cube, tmp_path / "cube.nc")
+    s4.save(m.to_stack(cube).drop_vars(["n_rx", "n_ry"]), tmp_path / "stack.zarr")
+    for name in ("cube.nc", "stack.zarr"):
+        got = m.prepare_measurements(tmp_path / name, **kw)
+        np.testing.assert_array_equal(got.values, expected.values)
+        assert m.scan_shape(got) == (6, 5)
+    with pytest.raises(ValueError, match="must multiply to the number of patterns 30"):
+        m.prepare_measurements(tmp_path / "stack.zarr", scan_shape=(5, 5))
+    py4d = Path(__file__).parent / "data" / "py4dstem_plain.h5"
+    direct = s4.open(py4d)
+    got = m.prepare_measurements(py4d, scan_shape=direct.shape[:2], normalization=None,
+                                 calibration={"mode": "dk", "value": 0.05})
+    np.testing.assert_allclose(got.values, m.to_stack(direct).values)
 
 
 def test_prepare_lazy_from_dask_cube_with_noise(rng):

@@ -9,7 +9,7 @@ Chunk sizes for lazy cubes come from :func:`stem4d.io.chunks.scan_row_chunks`.
 
 from __future__ import annotations
 
-from .dispatch import describe, open
+from .dispatch import describe, detect_format, open
 from .microscope import read_rsciio
 from .native import save
 from .py4dstem import read_py4dstem
@@ -24,4 +24,5 @@ __all__ = [
     "read_py4dstem",
     "read_rsciio",
     "describe",
+    "detect_format",
 ]

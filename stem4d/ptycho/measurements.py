@@ -1095,6 +1095,11 @@ _permute, _reshape, _crop, _remove_negative = permute, reshape, crop, remove_neg
 _pad, _resample, _detector_blur = pad, resample, detector_blur
 
 
+# readers that take scan_shape= (flat pattern stacks); stem4d and py4DSTEM files carry
+# their own scan shape, and a stored stack is reshaped by to_cube afterwards
+_READERS_WITH_SCAN_SHAPE = ("npy", "empad", "hdf5")
+
+
 def _load(source: Any, key: str | None, open_kwargs: Mapping[str, Any],
           scan_shape_: Any, raw_ops: bool) -> Any:
     """The source as a DataArray (cube/stack) or a raw array."""
@@ -1104,7 +1109,8 @@ def _load(source: Any, key: str | None, open_kwargs: Mapping[str, Any],
         kwargs = dict(open_kwargs)
         if key is not None:
             kwargs["key"] = key
-        if not raw_ops and scan_shape_ is not None:
+        if not raw_ops and scan_shape_ is not None \
+                and io.detect_format(source, key=key) in _READERS_WITH_SCAN_SHAPE:
             kwargs.setdefault("scan_shape", tuple(scan_shape_))
         try:
             obj = io.open(source, **kwargs)
