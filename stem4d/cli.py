@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 class _Timer:
@@ -333,6 +334,21 @@ def run_ptycho(params_path: Path, *, out: Path | None = None, strict: bool = Fal
     return paths
 
 
+_DEMO_MIN_SCAN = 4  # positions per side: the strain reference needs a few fits
+_DEMO_MIN_DETECTOR = 32  # pixels: the simulated disks are detector / 24 in radius
+
+
+def _validation_summary(exc: Any, path: Path) -> str:
+    """A pydantic ValidationError as one line per field, without its documentation links."""
+    lines = [f"parameter file {path}: {exc.error_count()} invalid field(s)"]
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        given = repr(err.get("input"))
+        given = given if len(given) <= 80 else given[:77] + "..."
+        lines.append(f"  {where}: {err['msg']} (got {given})")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stem4d`` command."""
     parser = argparse.ArgumentParser(prog="stem4d", description="4D-STEM analysis on xarray.")
@@ -371,11 +387,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             run_ptycho(args.params, out=args.out, strict=args.strict, resume=args.resume,
                        quiet=args.quiet)
-        except (OSError, ValueError, TypeError, ValidationError) as exc:
+        except ValidationError as exc:
+            print(f"stem4d ptycho run: error: {_validation_summary(exc, args.params)}",
+                  file=sys.stderr)
+            return 1
+        except (OSError, ValueError, TypeError) as exc:
             print(f"stem4d ptycho run: error: {exc}", file=sys.stderr)
             return 1
         return 0
     if args.command == "demo":
+        if args.scan < _DEMO_MIN_SCAN:
+            demo.error(f"--scan must be >= {_DEMO_MIN_SCAN} positions per side, got {args.scan}")
+        if args.detector < _DEMO_MIN_DETECTOR:
+            demo.error(f"--detector must be >= {_DEMO_MIN_DETECTOR} pixels, got {args.detector}")
+        if args.out.exists() and not args.out.is_dir():
+            demo.error(f"--out must be a folder, but {args.out} is a file")
         run_demo(args.out, scan=args.scan, detector=args.detector)
         return 0
     if args.command == "info":
@@ -389,7 +415,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             print(describe(args.file, **options))
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            print(f"stem4d info: {exc}", file=sys.stderr)
+            message = str(exc)
+            for python, option in (("scan_shape=", "--scan-shape RX RY"), ("key=", "--key PATH"),
+                                   ("detector_shape=", "--detector-shape QX QY")):
+                if python in message:
+                    message += f"\n(on the command line, {python[:-1]} is {option})"
+            print(f"stem4d info: {message}", file=sys.stderr)
             return 1
         return 0
     return 2  # pragma: no cover

@@ -74,3 +74,26 @@ def test_info_on_files_that_need_options(tmp_path, capsys):
     argv = ["info", str(raw), "--scan-shape", "2", "3", "--detector-shape", "4", "5"]
     assert main(argv + []) == 1  # the default gap (1024 bytes) does not fit this file
     assert "scan.raw" in capsys.readouterr().err
+    assert main(["info", str(tmp_path / "stack.npy")]) == 1  # needs its scan shape
+    err = capsys.readouterr().err
+    assert "stack.npy" in err and "--scan-shape RX RY" in err
+
+
+@pytest.mark.parametrize(("argv", "match"), [
+    (["--scan", "2"], "--scan must be >= 4"),
+    (["--detector", "16"], "--detector must be >= 32"),
+])
+def test_demo_refuses_sizes_it_cannot_analyse(argv, match, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--out", str(tmp_path / "d"), *argv])
+    assert exit_info.value.code == 2 and match in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_demo_refuses_a_file_as_its_output_folder(tmp_path, capsys):
+    target = tmp_path / "results.txt"
+    target.write_text("keep me")
+    with pytest.raises(SystemExit):
+        main(["demo", "--out", str(target)])
+    assert "--out must be a folder" in capsys.readouterr().err
+    assert target.read_text() == "keep me"

@@ -106,3 +106,33 @@ def test_demo_ptychography_step(tmp_path):
     assert ds.loss.size == 10 and ds.attrs["seconds_per_iteration"] > 0
     (png,) = _ptycho_figure(ds, tmp_path / "ptycho_phase.png")
     assert png.stat().st_size > 1000
+
+
+def test_ptycho_run_names_a_malformed_or_invalid_file(tmp_path, capsys):
+    cases = {
+        "broken.yaml": ("probe: [1, 2\n", "is not valid YAML"),
+        "broken.json": ('{"probe": ', "is not valid JSON"),
+        "invalid.yaml": ("probe: {beam_energy: -3, convergence_semiangle: 20}\n"
+                         "scan: {shape: [4, 4], step: 1.0}\n"
+                         "measurements: {source: x.npy}\n",
+                         "probe.beam_energy: Input should be greater than 0 (got -3)"),
+    }
+    for name, (text, match) in cases.items():
+        path = tmp_path / name
+        path.write_text(text)
+        assert main(["ptycho", "run", str(path), "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert name in err and match in err and "errors.pydantic.dev" not in err
+        assert "Traceback" not in err
+
+
+def test_resume_from_a_file_that_is_no_checkpoint(tmp_path):
+    from stem4d.ptycho.solver import load_checkpoint
+
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.npz is not a stem4d ptychography checkpoint"):
+        load_checkpoint(junk)
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    with pytest.raises(ValueError, match="other.npz is not a stem4d ptychography checkpoint"):
+        load_checkpoint(tmp_path / "other.npz")

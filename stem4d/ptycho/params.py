@@ -537,15 +537,22 @@ def load_params(source: str | Path | Mapping[str, Any] | PtychoParams, *,
         path = Path(source).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"parameter file {path} does not exist")
+        suffix = path.suffix.lower()
+        if suffix not in (".json", ".yaml", ".yml"):
+            raise ValueError(f"parameter file must be .yaml, .yml or .json, got {path.name!r}")
         text = path.read_text()
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-        elif path.suffix.lower() in (".yaml", ".yml"):
+        if suffix == ".json":
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"parameter file {path} is not valid JSON: {err}") from None
+        else:
             import yaml
 
-            data = yaml.safe_load(text)
-        else:
-            raise ValueError(f"parameter file must be .yaml, .yml or .json, got {path.name!r}")
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as err:
+                raise ValueError(f"parameter file {path} is not valid YAML: {err}") from None
         if not isinstance(data, Mapping):
             raise ValueError(f"parameter file {path} must hold a mapping, got "
                              f"{type(data).__name__}")

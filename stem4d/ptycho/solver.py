@@ -348,16 +348,22 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    with np.load(path) as f:
-        n_opt = int(f["n_opt"])
-        return {
-            "iteration": int(f["iteration"]),
-            "loss": f["loss"].tolist(),
-            "seed": int(f["seed"]),
-            "params": str(f["params"]),
-            "variables": {k: f[f"var_{k}"] for k in _VARIABLES},
-            "opt_leaves": [f[f"opt_{i}"] for i in range(n_opt)],
-        }
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            n_opt = int(f["n_opt"])
+            return {
+                "iteration": int(f["iteration"]),
+                "loss": f["loss"].tolist(),
+                "seed": int(f["seed"]),
+                "params": str(f["params"]),
+                "variables": {k: f[f"var_{k}"] for k in _VARIABLES},
+                "opt_leaves": [f[f"opt_{i}"] for i in range(n_opt)],
+            }
+    except (ValueError, KeyError, OSError, EOFError, TypeError) as err:
+        raise ValueError(
+            f"{path} is not a stem4d ptychography checkpoint (a .npz written by "
+            f"reconstruct(..., checkpoint=...)): {type(err).__name__}: {err}"
+        ) from None
 
 
 # ------------------------------------------------------------------------ driver
