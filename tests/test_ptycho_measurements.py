@@ -353,6 +353,9 @@ def test_poisson_dose_gives_the_mean_counts(rng):
                            seed=3)
     assert isinstance(lazy.data, da.Array)
     np.testing.assert_array_equal(lazy.values, lazy.values)  # reproducible per chunk
+    simulated = cube.assign_attrs(dose="none")  # as stem4d.ptycho.simulate labels it
+    assert "dose" not in m.poisson_noise(simulated, 1000).attrs
+    assert simulated.attrs["dose"] == "none"
     with pytest.raises(ValueError, match="non-negative"):
         m.poisson_noise(cube_from(raw - 0.01), 1000)
     with pytest.raises(ValueError, match="unit must be one of"):

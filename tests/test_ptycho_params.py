@@ -256,7 +256,7 @@ def test_from_ptyrad_measurement_chain_and_sizes():
     assert p.detector.shape == 96  # 120 cropped, padded to 192, resampled by 0.5
     assert meas["remove_negative"] == {"mode": "clip_value", "value": 20, "force": True}
     assert meas["normalization"] == {"mode": "divide_const", "value": 3.0}
-    assert meas["poisson"] == {"dose": 1e4, "unit": "e_per_Ang2"}
+    assert meas["poisson"] == {"dose": 1e4, "unit": "e_per_A2"}  # stem4d spelling
     assert (meas["source_size"], meas["detector_blur"]) == (0.34, 1.0)
     assert meas["calibration"] == {"mode": "dx", "value": 0.1}
     with pytest.raises(ValueError, match="pos_N_scans = 100 must equal"):

@@ -154,7 +154,15 @@ def test_result_layout_save_and_figures(recon16, tmp_path):
     for key in ("object_phase", "probe_modes", "loss"):
         assert paths[key].stat().st_size > 1000
     fig = plot_object_phase(tree)
-    assert fig.axes and plot_loss(tree).axes
+    # the grey scale spans the scanned area's phase, not the unconstrained border
+    pos = tree["positions"]["positions"].values
+    inside = obj.phase.isel(object_mode=0, slice=0).sel(
+        rx=slice(pos[:, 0].min(), pos[:, 0].max()), ry=slice(pos[:, 1].min(), pos[:, 1].max()))
+    lo, hi = fig.axes[0].images[0].get_clim()
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(inside.values, [0.5, 99.5])), rel=1e-5)
+    fixed = plot_object_phase(tree, vmin=-0.1, vmax=0.3)
+    assert fixed.axes[0].images[0].get_clim() == (-0.1, 0.3)
+    assert plot_loss(tree).axes
 
 
 def test_checkpoint_resume_continues_exactly(sim8, tmp_path):

@@ -1080,6 +1080,8 @@ def poisson_noise(
     else:
         noisy = draw(np.asarray(data))
     out = _with_data(meas, noisy)
+    # a stale dose attr (the simulator's "none") goes: dose_e_per_pattern says it now
+    out.attrs = {k: v for k, v in meas.attrs.items() if k != "dose"}
     return out.assign_coords(
         electrons_per_unit=xr.Variable((), 1.0 if not keep_scale else to_counts,
                                        attrs={"units": "electrons per unit",

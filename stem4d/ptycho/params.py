@@ -836,8 +836,9 @@ def _measurements_from_ptyrad(init: dict, unsupported: list[str]
                             "mode": res.get("mode", "on_the_fly")}
     noise = take("meas_add_poisson_noise", None)
     if isinstance(noise, Mapping):
-        meas["poisson"] = {"dose": float(noise["value"]),
-                           "unit": noise.get("unit", "total_e_per_pattern")}
+        unit = noise.get("unit", "total_e_per_pattern")
+        meas["poisson"] = {"dose": float(noise["value"]),  # stem4d spells PtyRAD's e_per_Ang2
+                           "unit": "e_per_A2" if unit == "e_per_Ang2" else unit}
     if take("meas_export", None):
         unsupported.append("init_params.meas_export")
     # scan and detector as they enter the solver

@@ -105,10 +105,13 @@ def result_params(result: xr.DataTree) -> dict[str, Any]:
 
 
 def plot_object_phase(result: xr.DataTree, *, mode: int = 0, slices: Sequence[int] | None = None,
-                      sum_slices: bool = False, positions: bool = True):
+                      sum_slices: bool = False, positions: bool = True,
+                      vmin: float | None = None, vmax: float | None = None):
     """Object phase (rad) per slice (or summed), with the probe positions.
 
-    Returns the matplotlib figure.
+    The grey scale spans the 0.5-99.5 percentiles of the phase inside the scanned area
+    (the bounding box of the probe positions; the unscanned border is unconstrained),
+    unless ``vmin``/``vmax`` (rad) are given. Returns the matplotlib figure.
     """
     import matplotlib.pyplot as plt
 
@@ -118,13 +121,19 @@ def plot_object_phase(result: xr.DataTree, *, mode: int = 0, slices: Sequence[in
     else:
         idx = range(phase.sizes["slice"]) if slices is None else slices
         panels = [(f"slice {s}", phase.isel(slice=s)) for s in idx]
+    pos = result["positions"]["positions"].values
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
     for ax, (title, img) in zip(axes[0], panels, strict=True):
+        scanned = img.sel(rx=slice(pos[:, 0].min(), pos[:, 0].max()),
+                          ry=slice(pos[:, 1].min(), pos[:, 1].max())).values
+        if scanned.size == 0:
+            scanned = img.values
+        lo, hi = np.nanpercentile(scanned, [0.5, 99.5])
         extent = [float(img.ry[0]), float(img.ry[-1]), float(img.rx[-1]), float(img.rx[0])]
-        im = ax.imshow(img.values, cmap="gray", extent=extent)
+        im = ax.imshow(img.values, cmap="gray", extent=extent,
+                       vmin=lo if vmin is None else vmin, vmax=hi if vmax is None else vmax)
         if positions:
-            p = result["positions"]["positions"].values
-            ax.plot(p[:, 1], p[:, 0], ",", color="tab:orange", alpha=0.4)
+            ax.plot(pos[:, 1], pos[:, 0], ".", markersize=1.5, color="tab:orange", alpha=0.6)
         ax.set_title(title)
         ax.set_xlabel("ry (Å)")
         ax.set_ylabel("rx (Å)")
