@@ -110,6 +110,7 @@ patterns of ``Q = I``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -215,7 +216,13 @@ def set_orientation(obj: xr.DataArray | xr.Dataset, scan_rotation: float,
     """
     if not isinstance(obj, (xr.DataArray, xr.Dataset)):
         raise TypeError(f"obj must be an xarray DataArray or Dataset, got {type(obj).__name__}")
-    rot = _wrap(_check_angle(scan_rotation, "scan_rotation"))
+    angle = _check_angle(scan_rotation, "scan_rotation")
+    if abs(angle) > 2 * np.pi:
+        warnings.warn(
+            f"scan_rotation={angle!r} is more than a full turn in radians: stem4d's angles are "
+            f"in radians (from degrees: np.radians({angle!r}) = {np.radians(angle):.4f}); "
+            f"storing it wrapped to {_wrap(angle):.4f} rad", UserWarning, stacklevel=2)
+    rot = _wrap(angle)
     flip = _check_flag(scan_flip, "scan_flip")
     return obj.assign_coords({
         ROTATION_COORD: xr.Variable((), rot, attrs={"units": "rad"}),

@@ -122,7 +122,7 @@ def virtual_image(
 
     Returns
     -------
-    ``(rx, ry)`` DataArray for one detector (a leading extra dim for a stack), or a
+    ``(rx, ry)`` DataArray for one detector (``(rx, ry, <stack dim>)`` for a stack), or a
     Dataset with one image per detector for a dict/list; in the cube's intensity units,
     float32 (float64 for float64 data), lazy for a dask cube.
     """

@@ -600,3 +600,12 @@ def test_save_never_replaces_a_foreign_directory(tmp_path):
     store = stem4d.save(cube, tmp_path / "good.zarr")
     stem4d.save(cube * 2, store)  # a stem4d zarr store is replaced
     np.testing.assert_array_equal(stem4d.open(store).values, 2 * np.ones((2, 2, 3, 3)))
+
+
+def test_zarr_store_missing_a_coordinate_chunk_is_refused(tmp_path):
+    # zarr fills a missing chunk with the fill value (NaN): an incomplete copy must not
+    # open as a cube with NaN calibrations
+    path = stem4d.save(make_cube(), tmp_path / "c.zarr")
+    (path / "qx" / "c" / "0").unlink()
+    with pytest.raises(ValueError, match=r"c\.zarr.*coordinate 'qx' holds NaN"):
+        stem4d.open(path)

@@ -101,7 +101,8 @@ def test_vectors_both_ways_on_dataarrays():
 # ------------------------------------------------------------ stored on objects
 def test_set_and_get_orientation():
     cube, _ = simulated(0.0, False)
-    out = set_orientation(cube, np.radians(370.0), True)
+    with pytest.warns(UserWarning, match="more than a full turn in radians"):
+        out = set_orientation(cube, np.radians(370.0), True)
     assert "scan_rotation" not in cube.coords  # nothing mutated
     rot, flip = get_orientation(out)
     assert same_angle(rot, np.radians(10.0)) and flip is True
@@ -128,6 +129,9 @@ def test_orientation_errors():
         set_orientation(cube, np.nan, False)
     with pytest.raises(TypeError, match="scan_rotation must be a number"):
         set_orientation(cube, "ten", False)
+    # degrees given where radians are expected: warned with the conversion
+    with pytest.warns(UserWarning, match=r"np.radians\(90.0\) = 1.5708"):
+        set_orientation(cube, 90.0, False)
     with pytest.raises(TypeError, match="obj must be an xarray"):
         set_orientation(np.zeros(3), 0.0, False)
     with pytest.raises(ValueError, match="units 'grad'"):

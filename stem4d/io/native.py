@@ -404,7 +404,14 @@ def _chunk_auto(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
-def _finish(ds: xr.Dataset, chunks: Any) -> xr.Dataset:
+def _finish(ds: xr.Dataset, chunks: Any, path: Path) -> xr.Dataset:
+    for dim, index in ds.indexes.items():
+        values = np.asarray(index)
+        if values.dtype.kind in "fc" and not np.all(np.isfinite(values)):
+            raise ValueError(
+                f"cannot read {path}: its coordinate {dim!r} holds NaN or inf; the file is "
+                "incomplete or damaged (e.g. a zarr store copied without all its chunk files)"
+            )
     if chunks == "auto":
         ds = _chunk_auto(ds)
     ds.attrs = {k: v for k, v in _decode_attrs(ds.attrs).items() if k not in _MARK_ATTRS}
@@ -451,10 +458,10 @@ def open_native(
             f"cannot read {what}{path} as a {fmt} file ({type(err).__name__}: {err})"
         ) from err
     if kind == "DataTree" and key is None:
-        nodes = {node.path: _finish(node.to_dataset(inherit=False), chunks)
+        nodes = {node.path: _finish(node.to_dataset(inherit=False), chunks, path)
                  for node in tree.subtree}
         return xr.DataTree.from_dict(nodes, name=_decoded_name(root))
-    ds = _finish(ds, chunks)
+    ds = _finish(ds, chunks, path)
     if kind == "DataArray" and key is None and DATAARRAY_VAR in ds.data_vars:
         da = ds[DATAARRAY_VAR]
         da.name = _decoded_name(root)
