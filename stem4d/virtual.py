@@ -293,6 +293,9 @@ def virtual_diffraction(
     ``(qx, qy)`` DataArray with the cube's detector coordinates; float32 for mean and
     median (float64 for float64 data), the data's dtype for an unweighted max. The
     median of a dask cube rechunks it along the detector (all positions per chunk).
+    A NaN pixel in any selected pattern makes that pixel NaN in the mean and median;
+    the max is that of the finite values (mask bad pixels with
+    :func:`stem4d.median_filter_masked_pixels` first).
     """
     validate_cube(cube)
     if method not in _METHODS:
