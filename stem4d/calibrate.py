@@ -24,7 +24,14 @@ coordinates undo it about ``q = 0`` (the mean origin)::
     q_c = T q,  T = R(theta) diag(1 / ellipse_a, 1 / ellipse_b) R(-theta),
 
 an area-preserving map in which the ring is a circle of radius ``sqrt(a b)``.
-Set the pixel size after (or independently of) the ellipse: the ellipse is dimensionless.
+Set the pixel size after (or independently of) the ellipse: the ellipse is dimensionless,
+so an isotropic change of pixel size leaves it as it is. Functions that change the q
+coordinates keep it valid: :func:`stem4d.flip_q` maps ``ellipse_theta`` to
+``-ellipse_theta``, :func:`stem4d.transpose_q` to ``pi/2 - ellipse_theta`` (``ellipse_a``
+stays the semi-axis along ``ellipse_theta``), and :func:`stem4d.set_q_calibration` /
+:func:`stem4d.convert_q_units` re-express it when the pixels' aspect ratio changes. They,
+and :func:`stem4d.set_origin`, drop ``qx_c``/``qy_c``; ``correct_ellipse(obj)`` recomputes
+them from the stored ellipse.
 
 Reciprocal pixel size
 ---------------------
@@ -57,6 +64,7 @@ from scipy import ndimage, optimize
 from .datacube import (
     DETECTOR_DIMS,
     _as_pattern,
+    _half_turn,
     _origin_offsets,  # noqa: F401  (stem4d.bragg imports it from here)
     _require_origin,
     as_float,
@@ -95,11 +103,6 @@ def _non_negative(value: Any, argname: str, units: str) -> float:
     if not (np.isfinite(v) and v >= 0):
         raise ValueError(f"{argname} must be >= 0 ({units}), got {value!r}")
     return v
-
-
-def _half_turn(angle: float) -> float:
-    """``angle`` (rad) wrapped into ``(-pi/2, pi/2]``: an axis direction, defined mod pi."""
-    return float(np.pi / 2 - np.mod(np.pi / 2 - angle, np.pi))
 
 
 def _check_q_object(obj: Any, argname: str) -> xr.DataArray:
@@ -404,24 +407,27 @@ def ellipse_corrected_coordinates(
     return out[0], out[1]
 
 
-def correct_ellipse(obj: xr.DataArray, ellipse: Any) -> xr.DataArray:
+def correct_ellipse(obj: xr.DataArray, ellipse: Any = None) -> xr.DataArray:
     """Store an elliptical-distortion calibration on a pattern or cube.
 
     Adds the 0-d coordinates ``ellipse_a``, ``ellipse_b`` (dimensionless stretch,
     ``ellipse_a * ellipse_b = 1``, ``ellipse_a >= ellipse_b``) and ``ellipse_theta`` (rad,
     direction of ``ellipse_a`` from ``qx`` towards ``qy``), and the 2-D coordinates
     ``qx_c``, ``qy_c`` of :func:`ellipse_corrected_coordinates`. The data are unchanged.
-    ``qx_c``/``qy_c`` follow the current origin: after :func:`stem4d.set_origin` call this
-    again (the corrected detectors always recompute them from ``ellipse_*``).
+    ``qx_c``/``qy_c`` hold for the current q coordinates: functions that change those
+    (:func:`stem4d.set_origin`, ``set_q_calibration``, ``convert_q_units``, ``flip_q``,
+    ``transpose_q``) drop them and keep ``ellipse_*``; ``correct_ellipse(obj)`` puts them
+    back (the corrected detectors always recompute them from ``ellipse_*``).
 
     Parameters
     ----------
     ellipse
         A :func:`fit_ellipse` result (its ``a``, ``b``, ``theta``) or ``(a, b, theta)``
-        (any scale; e.g. the simulator's ``(a, b, phi)``).
+        (any scale; e.g. the simulator's ``(a, b, phi)``); default: the ellipse already
+        stored on ``obj``.
     """
     obj = _check_q_object(obj, "obj")
-    a, b, theta = _ellipse_params(ellipse)
+    a, b, theta = _stored_ellipse(obj, ellipse)
     out = obj.assign_coords(
         ellipse_a=xr.Variable((), a, {"units": ""}),
         ellipse_b=xr.Variable((), b, {"units": ""}),

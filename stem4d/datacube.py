@@ -11,7 +11,14 @@ rows and columns. **The coordinates are the calibration**:
 * a per-position origin is the pair of 2-D coordinates ``qx0(rx, ry)``, ``qy0(rx, ry)``
   holding the origin's position *in the cube's own q coordinates* (same units);
 * scalar calibrations are 0-d coordinates with a ``units`` attr: ``beam_energy`` (eV),
-  ``convergence_semiangle`` (mrad).
+  ``convergence_semiangle`` (mrad); the elliptical distortion ``ellipse_a``, ``ellipse_b``,
+  ``ellipse_theta`` (see :mod:`stem4d.calibrate`) is defined in the q coordinates.
+
+Functions that change the q coordinates (:func:`set_q_calibration`,
+:func:`convert_q_units`, :func:`flip_q`, :func:`transpose_q`) re-express the stored
+ellipse in the new coordinates and, like :func:`set_origin`, drop the ellipse-corrected
+coordinates ``qx_c``/``qy_c`` (recompute them with ``stem4d.correct_ellipse(obj)``).
+Axis coordinates must be ascending and uniformly spaced (:func:`validate_cube`).
 
 Every function here returns a new DataArray and mutates nothing. Origins passed in are
 in detector pixels (fractional row/column index), the natural output of a measurement.
@@ -170,6 +177,93 @@ def _axis_origin_px(obj: xr.DataArray | xr.Dataset, dim: str) -> float:
 
 def _scalar_coord(value: float, units: str) -> xr.Variable:
     return xr.Variable((), float(value), attrs={"units": units})
+
+
+def _half_turn(angle: float) -> float:
+    """``angle`` (rad) wrapped into ``(-pi/2, pi/2]``: an axis direction, defined mod pi."""
+    return float(np.pi / 2 - np.mod(np.pi / 2 - angle, np.pi))
+
+
+_ELLIPSE_COORDS = ("ellipse_a", "ellipse_b", "ellipse_theta")
+_CORRECTED_COORDS = ("qx_c", "qy_c")
+
+
+def _remap_ellipse(obj: xr.DataArray | xr.Dataset, linear: np.ndarray
+                   ) -> xr.DataArray | xr.Dataset:
+    """Re-express the stored ellipse after the q coordinates change as ``q' = linear @ q``.
+
+    A ring ``q^T M q = r^2`` becomes ``q'^T L^-T M L^-1 q' = r^2``: a mirror maps
+    ``ellipse_theta`` to ``-ellipse_theta``, a transpose to ``pi/2 - ellipse_theta`` (the
+    semi-axes keep their directions), an isotropic scale changes nothing and an
+    anisotropic one changes the shape (renormalized to ``ellipse_a * ellipse_b = 1``).
+    The ellipse-corrected coordinates ``qx_c``/``qy_c`` are dropped.
+    """
+    obj = obj.drop_vars([k for k in _CORRECTED_COORDS if k in obj.coords])
+    if not all(k in obj.coords and obj.coords[k].ndim == 0 for k in _ELLIPSE_COORDS):
+        return obj
+    a, b, theta = (float(obj.coords[k].values) for k in _ELLIPSE_COORDS)
+    gram = linear.T @ linear
+    if (abs(gram[0, 1]) <= 1e-9 * gram[0, 0]
+            and abs(gram[0, 0] - gram[1, 1]) <= 1e-9 * gram[0, 0]):  # rotation/mirror x scale
+        direction = linear @ np.array([np.cos(theta), np.sin(theta)])
+        theta = float(np.arctan2(direction[1], direction[0]))
+    else:
+        rot = rotation_matrix(theta)
+        inv = np.linalg.inv(linear)
+        metric = inv.T @ rot @ np.diag([1 / a**2, 1 / b**2]) @ rot.T @ inv
+        evals, evecs = np.linalg.eigh(metric)  # ascending: the first is along a
+        a, b = 1 / np.sqrt(evals[0]), 1 / np.sqrt(evals[1])
+        scale = np.sqrt(a * b)
+        a, b = float(a / scale), float(b / scale)
+        theta = float(np.arctan2(evecs[1, 0], evecs[0, 0]))
+    new = {k: xr.Variable((), v, attrs=dict(obj.coords[k].attrs))
+           for k, v in zip(_ELLIPSE_COORDS, (a, b, _half_turn(theta)), strict=True)}
+    return obj.assign_coords(new)
+
+
+def _check_axis_coord(cube: xr.DataArray, dim: str, argname: str) -> None:
+    """Raise unless ``cube.coords[dim]`` is ascending and uniformly spaced.
+
+    Uniform means every step within ``1e-3`` of the mean step (plus a few float
+    roundings of the values, so float32 coordinates pass). Reads the coordinate only.
+    """
+    values = np.asarray(cube.coords[dim].values)
+    if values.size < 2:
+        return
+    if not np.issubdtype(values.dtype, np.number):
+        raise ValueError(
+            f"{argname}.coords['{dim}'] must hold numbers, got dtype {values.dtype}"
+        )
+    v = values.astype(float)
+    if not np.all(np.isfinite(v)):
+        raise ValueError(f"{argname}.coords['{dim}'] contains NaN or inf")
+    units = cube.coords[dim].attrs.get("units", "")
+    steps = np.diff(v)
+    mean_step = (v[-1] - v[0]) / (v.size - 1)
+    scan = dim in SCAN_DIMS
+    flip = f"stem4d.flip_{'r' if scan else 'q'}(cube, '{dim}')"
+    if np.all(steps < 0):
+        raise ValueError(
+            f"{argname}.coords['{dim}'] is descending (from {v[0]:.6g} to {v[-1]:.6g} "
+            f"{units}): stem4d needs ascending, uniformly spaced coordinates. To reverse an "
+            f"axis use {flip}, which keeps the coordinates ascending and updates the "
+            "scan-to-detector orientation, not an xarray reversal such as "
+            f"cube.isel({dim}=slice(None, None, -1))"
+        )
+    eps = np.finfo(values.dtype).eps if values.dtype.kind == "f" else np.finfo(float).eps
+    tol = 1e-3 * abs(mean_step) + 4 * eps * float(np.abs(v).max())
+    if not (mean_step > 0 and np.all(steps > 0)) or np.abs(steps - mean_step).max() > tol:
+        fix = ("select positions with stem4d.crop_r (a contiguous range) or stem4d.thin_r "
+               "(every n-th)" if scan else
+               "select pixels with stem4d.crop_q (a contiguous range) or change the sampling "
+               "with stem4d.bin_q / resample_q")
+        raise ValueError(
+            f"{argname}.coords['{dim}'] is not ascending and uniformly spaced: steps range "
+            f"from {steps.min():.6g} to {steps.max():.6g} {units} (mean {mean_step:.6g}), as "
+            "after indexing with a list of indices or concatenating. stem4d needs ascending, "
+            f"uniformly spaced coordinates: {fix}, not a list of indices; reverse an axis "
+            f"with {flip}"
+        )
 
 
 # ------------------------------------------------ shared private helpers (patterns)
@@ -347,8 +441,9 @@ def validate_cube(cube: Any, argname: str = "cube") -> xr.DataArray:
     """Check that ``cube`` is a 4D datacube DataArray and return it.
 
     Raises ``TypeError``/``ValueError`` naming ``argname`` when it is not an
-    ``xarray.DataArray`` with dims ``("rx", "ry", "qx", "qy")`` and unit-carrying
-    coordinates.
+    ``xarray.DataArray`` with dims ``("rx", "ry", "qx", "qy")`` and unit-carrying,
+    ascending, uniformly spaced coordinates (every step within 1e-3 of the mean). Only the
+    coordinates are read, never the data (beyond a sparse all-NaN check of numpy data).
     """
     if not isinstance(cube, xr.DataArray):
         raise TypeError(
@@ -373,6 +468,7 @@ def validate_cube(cube: Any, argname: str = "cube") -> xr.DataArray:
                 f"{argname}.coords['{dim}'] has units {units!r}: expected one of {allowed} "
                 "(set them with stem4d.set_r_calibration / set_q_calibration)"
             )
+        _check_axis_coord(cube, dim, argname)
     _reject_all_nan(cube.data, argname)
     return cube
 
@@ -442,7 +538,11 @@ def set_q_calibration(
 ) -> xr.DataArray | xr.Dataset:
     """Return ``obj`` with detector pixel size ``pixel_size`` (``units`` per pixel).
 
-    The origin (in pixels) is kept; ``qx0``/``qy0`` are rescaled.
+    The origin (in pixels) is kept; ``qx0``/``qy0`` are rescaled. A stored ellipse
+    (``ellipse_*``, dimensionless) is unchanged by an isotropic rescaling and re-expressed
+    in the new coordinates when the aspect ratio of the pixels changes; the
+    ellipse-corrected ``qx_c``/``qy_c`` are dropped (``stem4d.correct_ellipse(obj)``
+    recomputes them).
     """
     units_c, fac = normalize_units(units, Q_UNITS, "units")
     sx, sy = _pair(pixel_size, "pixel_size")
@@ -457,7 +557,7 @@ def set_q_calibration(
             qx0=_with_units(obj.coords["qx0"] * (sx / old_sx), units_c),
             qy0=_with_units(obj.coords["qy0"] * (sy / old_sy), units_c),
         )
-    return out
+    return _remap_ellipse(out, np.diag([sx / old_sx, sy / old_sy]))
 
 
 def _with_units(coord: xr.DataArray, units: str) -> xr.DataArray:
@@ -550,7 +650,8 @@ def convert_q_units(obj: xr.DataArray | xr.Dataset, units: str) -> xr.DataArray 
 
     1/Å ↔ mrad uses α = 1000 λ k with the relativistic wavelength of the
     ``beam_energy`` coordinate. Converting from pixels needs a pixel size: use
-    :func:`set_q_calibration` instead.
+    :func:`set_q_calibration` instead. As there, ``qx_c``/``qy_c`` are dropped and the
+    stored ellipse is kept (re-expressed if the pixels' aspect ratio changes).
     """
     target, _ = normalize_units(units, Q_UNITS, "units")
     sx, sy, current = q_pixel_size(obj)
@@ -668,8 +769,8 @@ def swap_rq(cube: xr.DataArray) -> xr.DataArray:
     """Exchange the scan and detector axes of the data (a file stored ``(qx, qy, rx, ry)``).
 
     Each axis keeps the calibration step, units and start of the axis of the same name
-    (``rx`` stays a scan axis); the origin and the scan-to-detector orientation, which
-    no longer refer to the same pixels, are dropped.
+    (``rx`` stays a scan axis); the origin, the scan-to-detector orientation and the
+    ellipse, which no longer refer to the same pixels, are dropped.
     """
     validate_cube(cube)
     data = cube.data.transpose(2, 3, 0, 1)
@@ -681,7 +782,7 @@ def swap_rq(cube: xr.DataArray) -> xr.DataArray:
         coords[dim] = _axis_coord(dim, new.sizes[dim], step, -start / step,
                                   _axis_units(cube, dim))
     scalars = {k: v.variable for k, v in cube.coords.items()
-               if v.ndim == 0 and k not in (_ROT_COORD, _FLIP_COORD)}
+               if v.ndim == 0 and k not in (_ROT_COORD, _FLIP_COORD, *_ELLIPSE_COORDS)}
     return new.assign_coords({**coords, **scalars})
 
 
@@ -692,13 +793,19 @@ def transpose_r(cube: xr.DataArray) -> xr.DataArray:
 
 
 def transpose_q(obj: xr.DataArray) -> xr.DataArray:
-    """Transpose the detector of a cube or pattern (``qx`` ↔ ``qy``); origin follows."""
+    """Transpose the detector of a cube or pattern (``qx`` ↔ ``qy``); origin follows.
+
+    The stored ellipse follows the data (``ellipse_theta`` → ``pi/2 - ellipse_theta``,
+    semi-axes unchanged); ``qx_c``/``qy_c`` are dropped. The scan-to-detector orientation
+    is updated.
+    """
     if "qx" not in obj.dims or "qy" not in obj.dims:
         raise ValueError(f"obj must have 'qx' and 'qy' dims, got {tuple(obj.dims)}")
-    out = _exchange_dims(obj, "qx", "qy")
+    src = obj.drop_vars([k for k in _CORRECTED_COORDS if k in obj.coords])
+    out = _exchange_dims(src, "qx", "qy")
     if "qx0" in obj.coords and "qy0" in obj.coords:  # the origin components swap too
         out = out.assign_coords(qx0=obj.coords["qy0"].variable, qy0=obj.coords["qx0"].variable)
-    return _reorient(out, left=_SWAP)
+    return _reorient(_remap_ellipse(out, _SWAP), left=_SWAP)
 
 
 def flip_r(cube: xr.DataArray, axis: str) -> xr.DataArray:
@@ -720,7 +827,8 @@ def flip_q(obj: xr.DataArray, axis: str) -> xr.DataArray:
 
     The data are mirrored; the origin follows the data (pixel ``i`` → ``n-1-i``) and the
     coordinates are re-centred on it, so they stay ascending. The scan-to-detector
-    orientation is updated (a mirror of the detector).
+    orientation is updated (a mirror of the detector), the stored ellipse follows the data
+    (``ellipse_theta`` → ``-ellipse_theta``) and ``qx_c``/``qy_c`` are dropped.
     """
     if axis not in DETECTOR_DIMS:
         raise ValueError(f"axis must be 'qx' or 'qy', got {axis!r}")
@@ -737,4 +845,5 @@ def flip_q(obj: xr.DataArray, axis: str) -> xr.DataArray:
         ox = (n - 1) - ox
     else:
         oy = (n - 1) - oy
-    return _reorient(set_origin(flipped, ox, oy), left=_MIRROR[DETECTOR_DIMS.index(axis)])
+    mirror = _MIRROR[DETECTOR_DIMS.index(axis)]
+    return _reorient(_remap_ellipse(set_origin(flipped, ox, oy), mirror), left=mirror)

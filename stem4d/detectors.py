@@ -123,12 +123,34 @@ def _units(coords: dict) -> str:
     return coords["qx"].attrs.get("units", "pixels")
 
 
+def _pixel_step(coord: xr.Variable) -> float:
+    """Pixel size of a 1-D detector coordinate (``attrs["step"]`` for one pixel, else 1)."""
+    if coord.size >= 2:
+        return float(abs(coord.values[1] - coord.values[0]))
+    return float(abs(coord.attrs.get("step", 1.0)))
+
+
 def point(obj: Any, center: Sequence[float]) -> xr.DataArray:
-    """Single-pixel detector at the pixel nearest to ``center`` (coordinate units)."""
+    """Single-pixel detector at the pixel nearest to ``center`` (coordinate units).
+
+    ``center`` must lie on the detector: within half a pixel of the outermost pixel
+    centres (closed edges, like the other detectors); a point further out raises.
+    """
     qxg, qyg, coords = _grid_of(obj)
     cx, cy = _center(center)
-    ix = int(np.argmin(np.abs(coords["qx"].values - cx)))
-    iy = int(np.argmin(np.abs(coords["qy"].values - cy)))
+    index = []
+    for dim, c in (("qx", cx), ("qy", cy)):
+        q = coords[dim].values.astype(float)
+        half = 0.5 * _pixel_step(coords[dim])
+        lo, hi = float(q.min()) - half, float(q.max()) + half
+        if not lo - 1e-9 * half <= c <= hi + 1e-9 * half:
+            raise ValueError(
+                f"the point detector at center=({cx:.6g}, {cy:.6g}) selects no detector pixel: "
+                f"its {dim} = {c:.6g} is more than half a pixel outside the detector, whose "
+                f"{dim} spans [{lo:.6g}, {hi:.6g}] {_units(coords)!r} (pixel edges)"
+            )
+        index.append(int(np.argmin(np.abs(q - c))))
+    ix, iy = index
     values = np.zeros(qxg.shape, dtype=bool)
     values[ix, iy] = True
     return _detector(values, coords, "point", _units(coords), center=(cx, cy))

@@ -3,6 +3,8 @@ answers from stem4d's simulator."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import dask.array as da
 import matplotlib
 import numpy as np
@@ -229,6 +231,100 @@ def test_corrected_detectors_in_virtual_images_on_dask():
     assert float(img["inner"].values[0, 0]) < 0.005 * total
     qx_c, qy_c = cal.ellipse_corrected_coordinates(cube, (1.06 * 3, 0.95 * 3, -0.3))
     np.testing.assert_allclose(qx_c.values, c.qx_c.values)  # only the ratio matters
+
+
+@pytest.fixture(scope="module")
+def ring_cube() -> xr.DataArray:
+    """A 2 x 3 scan of one elliptical ring (a/b = 1.08/0.95, phi = 0.4) with its fitted
+    ellipse stored; q in 1/Å, origin off the detector centre."""
+    cube, _ = sim.ring_pattern((128, 128), radius=40, width=2, center=(62.3, 65.1),
+                               ellipse=(1.08, 0.95, 0.4), q_pixel_size=0.01,
+                               scan_shape=(2, 3), background=0.0)
+    cube = s4.set_origin(cube, 62.3, 65.1)
+    return cal.correct_ellipse(cube, cal.fit_ellipse(s4.virtual_diffraction(cube),
+                                                     radii=(0.3, 0.55)))
+
+
+def _ring_fraction(obj: xr.DataArray, ellipse: Any = None) -> float:
+    """Fraction of pattern (0, 0)'s intensity in a corrected annulus of +- 1 ring width
+    (2 px) around the corrected ring radius 40 sqrt(1.08 0.95) px, in obj's q units."""
+    px = s4.q_pixel_size(obj)[0]
+    g = 40 * np.sqrt(1.08 * 0.95)
+    ann = cal.corrected_annulus(obj, ((g - 2) * px, (g + 2) * px), ellipse=ellipse)
+    return float(s4.virtual_image(obj, ann)[0, 0]) / float(obj[0, 0].sum())
+
+
+@pytest.mark.parametrize("op", ["flip_qx", "flip_qy", "transpose_q", "transpose_flip"])
+def test_flips_and_transposes_of_q_carry_the_ellipse(ring_cube, op):
+    """The stored ellipse equals a fresh fit of the moved data: a mirror maps theta to
+    -theta, a transpose to pi/2 - theta, and the semi-axes stay attached to them."""
+    ops = {"flip_qx": lambda c: s4.flip_q(c, "qx"), "flip_qy": lambda c: s4.flip_q(c, "qy"),
+           "transpose_q": s4.transpose_q,
+           "transpose_flip": lambda c: s4.flip_q(s4.transpose_q(c), "qx")}
+    expected_theta = {"flip_qx": -0.4, "flip_qy": -0.4, "transpose_q": np.pi / 2 - 0.4,
+                      "transpose_flip": 0.4 - np.pi / 2}[op]
+    out = ops[op](ring_cube)
+    fit = cal.fit_ellipse(s4.virtual_diffraction(out), radii=(0.3, 0.55))
+    theta = float(out.ellipse_theta)
+    assert _angle_deg(theta, float(fit.theta)) < 0.01
+    assert _angle_deg(theta, expected_theta) < 0.01
+    assert float(out.ellipse_a) / float(out.ellipse_b) == pytest.approx(float(fit.ratio),
+                                                                          rel=1e-4)
+    assert float(out.ellipse_a) / float(out.ellipse_b) == pytest.approx(1.08 / 0.95, rel=1e-4)
+    assert float(out.ellipse_a) * float(out.ellipse_b) == pytest.approx(1.0)
+    assert out.ellipse_theta.attrs == {"units": "rad"}
+    assert "qx_c" not in out.coords and "qy_c" not in out.coords  # like set_origin
+    # the corrected annulus holds the same share of the ring as before (0.677); the
+    # stale angle would give ~0.40
+    before = _ring_fraction(ring_cube)
+    assert before == pytest.approx(0.677, abs=0.005)
+    assert _ring_fraction(out) == pytest.approx(before, abs=1e-4)
+    assert _ring_fraction(out, (1.08, 0.95, 0.4)) < 0.45
+    # correct_ellipse(obj) puts qx_c/qy_c back from the stored ellipse
+    again = cal.correct_ellipse(out)
+    ref_x, ref_y = cal.ellipse_corrected_coordinates(out)
+    np.testing.assert_array_equal(again.qx_c.values, ref_x.values)
+    np.testing.assert_array_equal(again.qy_c.values, ref_y.values)
+
+
+def test_scan_flips_and_transposes_leave_the_ellipse(ring_cube):
+    for out in (s4.flip_r(ring_cube, "rx"), s4.flip_r(ring_cube, "ry"),
+                s4.transpose_r(ring_cube)):
+        for k in ("ellipse_a", "ellipse_b", "ellipse_theta"):
+            assert float(out[k]) == float(ring_cube[k])
+        for k in ("qx_c", "qy_c"):
+            assert out[k].dims == ("qx", "qy")
+            np.testing.assert_array_equal(out[k].values, ring_cube[k].values)
+
+
+def test_q_calibration_changes_keep_the_ellipse_and_drop_stale_corrected_coordinates(
+        ring_cube):
+    """qx_c/qy_c would stay in the old units: they are dropped (as by set_origin); the
+    dimensionless ellipse survives an isotropic rescaling and a change of units, and is
+    re-expressed when the pixels' aspect ratio changes (checked against a fresh fit)."""
+    a, b, theta = (float(ring_cube[k]) for k in ("ellipse_a", "ellipse_b", "ellipse_theta"))
+    finer = s4.set_q_calibration(ring_cube, 0.05, "1/nm")  # 0.01 1/Å -> 0.005 1/Å
+    with_beam = s4.set_beam(ring_cube, beam_energy=300e3)
+    mrad = s4.convert_q_units(with_beam, "mrad")
+    pixels = s4.convert_q_units(ring_cube, "pixels")
+    coarser = s4.set_q_calibration(ring_cube, 0.02)
+    for out in (finer, mrad, pixels, coarser):
+        assert "qx_c" not in out.coords and "qy_c" not in out.coords
+        assert (float(out.ellipse_a), float(out.ellipse_b)) == pytest.approx((a, b), rel=1e-12)
+        assert float(out.ellipse_theta) == pytest.approx(theta, abs=1e-12)
+        assert _ring_fraction(out) == pytest.approx(_ring_fraction(ring_cube), abs=1e-4)
+    # recomputed, they are in mrad: the 1/Å values times 1000 λ
+    qx_c, qy_c = cal.ellipse_corrected_coordinates(mrad)
+    np.testing.assert_allclose(qx_c.values, ring_cube.qx_c.values * 1000 * LAM300, rtol=1e-9)
+    np.testing.assert_allclose(qy_c.values, ring_cube.qy_c.values * 1000 * LAM300, rtol=1e-9)
+    # pixels 1.3 times taller along qy: the ring in the new coordinates is a new ellipse
+    tall = s4.set_q_calibration(ring_cube, (0.01, 0.013))
+    fit = cal.fit_ellipse(s4.virtual_diffraction(tall), radii=(0.3, 0.7))
+    assert float(tall.ellipse_a) / float(tall.ellipse_b) == pytest.approx(float(fit.ratio),
+                                                                            rel=1e-4)
+    assert _angle_deg(float(tall.ellipse_theta), float(fit.theta)) < 0.01
+    assert _angle_deg(float(tall.ellipse_theta), theta) > 10  # it did change
+    assert float(tall.ellipse_a) * float(tall.ellipse_b) == pytest.approx(1.0)
 
 
 def test_ellipse_correction_errors():

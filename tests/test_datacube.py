@@ -210,6 +210,55 @@ def test_datacube_refuses_a_dataarray_and_checks_units(cube):
         s4.virtual_diffraction(nan, "mean")
 
 
+@pytest.mark.parametrize("dim", ["rx", "ry", "qx", "qy"])
+def test_validate_cube_rejects_descending_coordinates(cube, dim):
+    """A plain xarray reversal gives descending coordinates; stem4d's flips do not."""
+    reversed_ = cube.isel({dim: slice(None, None, -1)})
+    op = "flip_r" if dim in ("rx", "ry") else "flip_q"
+    with pytest.raises(ValueError, match=(
+            rf"cube.coords\['{dim}'\] is descending .*ascending, uniformly spaced.*"
+            rf"stem4d.{op}\(cube, '{dim}'\)")):
+        s4.validate_cube(reversed_)
+    with pytest.raises(ValueError, match=rf"image.coords\['{dim}'\] is descending"):
+        s4.validate_cube(reversed_, "image")
+    with pytest.raises(ValueError, match="is descending"):  # public functions refuse it too
+        s4.virtual_diffraction(reversed_, "mean")
+    flipped = s4.flip_r(cube, dim) if dim in ("rx", "ry") else s4.flip_q(cube, dim)
+    assert s4.validate_cube(flipped) is flipped
+    np.testing.assert_array_equal(flipped.values, reversed_.values)
+
+
+def test_validate_cube_rejects_non_uniform_coordinates(cube):
+    gap = cube.isel(qx=[0, 1, 2, 4, 5])  # steps 0.02 and 0.04 1/Å
+    with pytest.raises(ValueError, match=(
+            r"cube.coords\['qx'\] is not ascending and uniformly spaced: steps range from "
+            r"0.02 to 0.04 1/Å.*stem4d.crop_q")):
+        s4.validate_cube(gap)
+    with pytest.raises(ValueError, match=r"coords\['ry'\] is not ascending.*stem4d.crop_r"):
+        s4.validate_cube(cube.isel(ry=[0, 2, 1, 3, 4]))
+    # a step 0.1 % off: refused; float32 coordinates and a 1e-5 relative jitter pass
+    rx = cube.rx.values.copy()
+    rx[-1] += 0.002 * 5.0
+    with pytest.raises(ValueError, match="not ascending and uniformly spaced"):
+        s4.validate_cube(cube.assign_coords(rx=("rx", rx, cube.rx.attrs)))
+    far = s4.datacube(np.ones((3, 2000, 4, 4), "float32"), r_step=0.37, r_units="Å")
+    far = far.assign_coords(ry=("ry", (far.ry.values + 1e4).astype("float32"), far.ry.attrs))
+    assert s4.validate_cube(far) is far
+    jitter = cube.qy.values * (1 + 1e-5 * np.cos(np.arange(7)))
+    s4.validate_cube(cube.assign_coords(qy=("qy", jitter, cube.qy.attrs)))
+    # one element: nothing to check; crop/bin/thin keep the coordinates uniform
+    s4.validate_cube(cube.isel(qx=[3]))
+    s4.validate_cube(s4.thin_r(s4.bin_q(s4.crop_q(cube, (1, 6), None), 2), 2))
+
+
+def test_swap_rq_drops_the_ellipse(cube):
+    ell = s4.correct_ellipse(cube, (1.1, 1.0, 0.3))
+    assert "ellipse_theta" in ell.coords
+    swapped = s4.swap_rq(ell)
+    assert not {"ellipse_a", "ellipse_b", "ellipse_theta", "qx_c"} & set(swapped.coords)
+    assert float(swapped.beam_energy) == 300e3  # other scalars are kept
+
+
 def test_import_does_not_load_jax():
     import subprocess
     import sys

@@ -48,6 +48,11 @@ def test_detector_geometry_in_coordinate_units(cube):
     assert rect.values.sum() == 25 and rect.values[8:13, 11:16].all()
     pt = s4.detectors.point(cube, (0.0, 0.0))
     assert pt.values.sum() == 1 and pt.values[10, 10]  # nearest pixel to origin 9.6, 10.3
+    # within half a pixel of the outermost centres (qx -0.96 ... 0.94, qy -1.03 ... 1.07)
+    # a point picks the edge pixel
+    for center, pixel in (((-1.0, -1.07), (0, 0)), ((0.985, 1.115), (19, 21))):
+        edge = s4.detectors.point(cube, center)
+        assert edge.values.sum() == 1 and edge.values[pixel]
     assert bf.coords["qx"].attrs["units"] == "1/Å" and bf.attrs["radius"] == 0.35
 
 
@@ -210,6 +215,12 @@ def test_bad_input_messages(cube):
         s4.detectors.circle(cube, radius=-1)
     with pytest.raises(ValueError, match="selects no detector pixel"):
         s4.detectors.circle(cube, radius=0.01, center=(50.0, 50.0))
+    # a point off the detector raises instead of snapping to the edge pixel
+    with pytest.raises(ValueError, match=(r"point detector at center=\(10, 0\) selects no "
+                                          r"detector pixel: its qx = 10 is more than half")):
+        s4.detectors.point(cube, (10, 0))
+    with pytest.raises(ValueError, match=r"its qy = -1.09 .*spans \[-1.08, 1.12\] '1/Å'"):
+        s4.detectors.point(cube, (0.0, -1.09))  # 0.6 pixel beyond the first pixel centre
     with pytest.raises(ValueError, match="selects no scan position"):
         s4.virtual_diffraction(cube, "mean", mask=np.zeros(cube.shape[:2], bool))
     with pytest.raises(ValueError, match=r"mask must have the scan shape \(rx, ry\)"):
