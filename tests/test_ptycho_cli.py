@@ -80,20 +80,20 @@ def test_ptycho_run_on_a_ptyrad_file(sim, tmp_path, capsys, monkeypatch):
 
 def test_ptycho_run_warns_or_refuses_unsupported_fields(sim, tmp_path, capsys):
     patterns, _ = sim
-    path = _ptyrad_file(tmp_path, patterns, probe_z_shift=-20.0)
+    path = _ptyrad_file(tmp_path, patterns, meas_export=True)
     with open(path) as f:
         params = yaml.safe_load(f)
     params["recon_params"]["NITER"] = 1
-    params["model_params"]["detector_blur_std"] = 0.5
+    params["model_params"]["scheduler_params"] = {"name": "StepLR"}
     path.write_text(yaml.safe_dump(params))
     assert main(["ptycho", "run", str(path), "--strict", "--quiet"]) == 1
     err = capsys.readouterr().err
-    assert "error" in err and "init_params.probe_z_shift" in err
-    assert "model_params.detector_blur_std" in err
+    assert "error" in err and "init_params.meas_export" in err
+    assert "model_params.scheduler_params" in err
     assert main(["ptycho", "run", str(path), "--out", str(tmp_path / "o")]) == 0
     captured = capsys.readouterr()
     assert captured.err.count("warning: PtyRAD fields not supported") == 1
-    assert "probe_z_shift" in captured.err
+    assert "meas_export" in captured.err
     assert "done: 1 iterations" in captured.out and (tmp_path / "o" / "ptycho_run1.nc").exists()
     assert main(["ptycho", "run", str(tmp_path / "missing.yaml")]) == 1
     assert "missing.yaml" in capsys.readouterr().err

@@ -297,17 +297,19 @@ def test_from_ptyrad_names_unsupported_fields_in_one_warning():
         p = from_ptyrad(data)
     assert len(record) == 1
     msg = str(record[0].message)
-    for name in ("hypertune_params.if_hypertune", "init_params.probe_z_shift",
+    for name in ("hypertune_params.if_hypertune",
                  "init_params.meas_export", "optimizer_params.name='LBFGS'",
                  "configs.amsgrad", "model_params.scheduler_params",
-                 "model_params.detector_blur_std", "loss_params.loss_poissn (together",
+                 "loss_params.loss_poissn (together",
                  "loss_params.loss_sparse", "constraint_params.probe_mask_k",
                  "constraint_params.kz_filter", "GROUP_MODE='sparse'",
                  "INDICES_MODE.mode='sub'", "grad_accumulation", "recon_params.selected_figs"):
         assert name in msg, name
-    assert "obj_rblur" not in msg and "ortho_pmode" not in msg  # supported ones
+    for supported in ("obj_rblur", "ortho_pmode", "probe_z_shift", "detector_blur_std"):
+        assert supported not in msg, supported
     assert isinstance(p, PtychoParams) and p.solver.batch_size == 16
-    with pytest.raises(ValueError, match="not supported by stem4d.*probe_z_shift"):
+    assert p.probe.z_shift == -50.0 and p.detector.blur == 1.0
+    with pytest.raises(ValueError, match="not supported by stem4d.*meas_export"):
         from_ptyrad(data, strict=True)
     data["init_params"]["probe_illum_type"] = "xray"
     with pytest.raises(ValueError, match="only 'electron'"):

@@ -79,9 +79,10 @@ def test_forward_model_matches_independent_numpy_simulation(slices):
     np.testing.assert_allclose(np.asarray(again), model, atol=1e-6 * model.max())
 
 
-@pytest.mark.parametrize(("loss", "reduction"), [("amplitude", "mean"), ("poisson", "mean"),
-                                               ("amplitude", "rms")])
-def test_gradients_match_finite_differences(loss, reduction):
+@pytest.mark.parametrize(("loss", "reduction", "tilts", "blur"), [
+    ("amplitude", "mean", "per_position", 0.7), ("poisson", "mean", "global", 0.0),
+    ("amplitude", "rms", "none", 0.0)])
+def test_gradients_match_finite_differences(loss, reduction, tilts, blur):
     previous = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", True)
     try:
@@ -90,12 +91,15 @@ def test_gradients_match_finite_differences(loss, reduction):
         spec = M.ModelSpec(window=n, object_shape=shape, probe_modes=2, object_modes=2,
                            slices=2, occupancies=(0.6, 0.4), wavelength=0.0197,
                            pixel_size=0.3, slice_thickness=4.0, loss=loss,
-                           reduction=reduction, train_positions=True)
+                           reduction=reduction, train_positions=True, tilts=tilts,
+                           detector_blur=blur)
         variables = {
             "object_amplitude": jnp.asarray(1 + 0.1 * rng.normal(size=(2, 2, *shape))),
             "object_phase": jnp.asarray(0.3 * rng.normal(size=(2, 2, *shape))),
             "probe": jnp.asarray(rng.normal(size=(2, 2, n, n))),
             "positions": jnp.asarray(rng.integers(0, 5, (4, 2)) + rng.uniform(0.2, 0.8, (4, 2))),
+            "object_tilts": jnp.asarray(rng.normal(0, 10, (4 if tilts == "per_position" else 1,
+                                                           2))),  # mrad
         }
         targets = jnp.asarray(rng.uniform(0.1, 2.0, (4, n, n)))
         index = jnp.asarray([2, 0, 3, 1])
@@ -117,6 +121,10 @@ def test_gradients_match_finite_differences(loss, reduction):
             assert analytic == pytest.approx(numeric, rel=1e-6, abs=1e-12), name
         # the padded entry (index 1) has no influence
         assert float(jnp.abs(grads["positions"][1]).max()) == 0.0
+        if tilts == "per_position":
+            assert float(jnp.abs(grads["object_tilts"][1]).max()) == 0.0
+        if tilts != "none":  # the tilts are used
+            assert float(jnp.abs(grads["object_tilts"]).max()) > 0
     finally:
         jax.config.update("jax_enable_x64", previous)
 

@@ -119,6 +119,11 @@ class ProbeParams(_Model):
         "Default: 1 for one mode, else 0.9 in the first mode and the rest shared equally.")
     soft_aperture_edge: bool = Field(
         True, description="Give the simulated aperture a one-detector-pixel linear edge.")
+    z_shift: float = Field(
+        0.0, description="Propagate the initial probe (simulated or given) by this "
+        "distance before reconstructing, Å: positive along the beam (into the object), "
+        "negative back (PtyRAD's probe_z_shift; e.g. -20 after padding 20 Å of vacuum on "
+        "top of the object).")
 
     @field_validator("beam_energy")
     @classmethod
@@ -166,6 +171,22 @@ class ObjectParams(_Model):
         "the scan's extent plus the probe window plus 2 x `margin`.")
     margin: int = Field(
         4, ge=1, description="Extra object pixels around the area the probe window covers.")
+    tilt: tuple[float, float] = Field(
+        (0.0, 0.0), description="Initial object tilt (along rx, along ry), mrad (PtyRAD's "
+        "[tilt_y, tilt_x]): the beam crosses the slices at this angle, so from one slice "
+        "to the next the wave moves by -slice_thickness * tan(tilt) (the tilted Fresnel "
+        "propagator; accurate to about 17 mrad). Multislice objects only.")
+    tilt_per_position: bool = Field(
+        False, description="One tilt per probe position (all starting at `tilt`, each "
+        "optimized on its own when solver.update.object_tilts has a learning rate) "
+        "instead of one global tilt.")
+
+    @field_validator("tilt")
+    @classmethod
+    def _finite_tilt(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(math.isfinite(t) and abs(t) < 500 for t in v):
+            raise ValueError(f"object.tilt must be finite mrad, |tilt| < 500, got {list(v)}")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> ObjectParams:
@@ -259,6 +280,10 @@ class DetectorParams(_Model):
     pixel_units: Literal["1/Å", "mrad"] = Field(
         "1/Å", description="Units of `pixel_size`: '1/Å' or 'mrad' (converted with the "
         "wavelength).")
+    blur: float = Field(
+        0.0, ge=0, description="Standard deviation of a Gaussian point-spread function "
+        "applied to the model patterns, detector pixels (0: none; PtyRAD's "
+        "model_params.detector_blur_std). The measurements are not changed.")
 
 
 # ---------------------------------------------------------------------------- solver
@@ -283,7 +308,7 @@ class UpdateParams(_Model):
     """Per-variable learning rates.
 
     Units: object amplitude (dimensionless transmission, ~1), object phase (rad), probe
-    (``probe_units``), positions (real-space pixels).
+    (``probe_units``), positions (real-space pixels), object tilts (mrad).
     """
 
     object_amplitude: VariableUpdate = Field(
@@ -298,6 +323,10 @@ class UpdateParams(_Model):
     positions: VariableUpdate = Field(
         default_factory=lambda: VariableUpdate(learning_rate=0.0),
         description="Probe positions, real-space pixels.")
+    object_tilts: VariableUpdate = Field(
+        default_factory=lambda: VariableUpdate(learning_rate=0.0),
+        description="Object tilts, mrad (multislice objects only). Start from a good "
+        "guess: from zero, gradient descent finds tilts slowly, as in PtyRAD.")
     probe_units: Literal["relative", "measurements"] = Field(
         "relative", description="Units of the probe's learning rate. 'relative': the "
         "probe's rms amplitude per window pixel (the solver scales the probe to unit mean "
@@ -574,7 +603,7 @@ _PTYRAD_UPDATE = {  # PtyRAD variable -> (stem4d variable, default start_iter, d
     "objp": ("object_phase", 1, 5e-4),
     "probe": ("probe", 1, 1e-4),
     "probe_pos_shifts": ("positions", 1, 5e-4),
-    "obj_tilts": (None, None, 0.0),
+    "obj_tilts": ("object_tilts", 1, 0.0),
     "slice_thickness": (None, None, 0.0),
 }
 _PTYRAD_LOSSES = {
@@ -708,9 +737,11 @@ def _probe_from_ptyrad(init: dict, unsupported: list[str]) -> dict[str, Any]:
     if isinstance(norm, Mapping) and norm.get("mode", "mean_total_ints") != "mean_total_ints":
         unsupported.append(f"init_params.probe_normalization.mode={norm['mode']!r} (stem4d "
                            "scales the probe to the mean total intensity)")
-    for key in ("probe_permute", "probe_z_shift"):
-        if take(key, None) is not None:
-            unsupported.append(f"init_params.{key}")
+    if take("probe_permute", None) is not None:
+        unsupported.append("init_params.probe_permute")
+    z_shift = take("probe_z_shift", None)
+    if z_shift is not None:
+        probe["z_shift"] = float(z_shift)
     return probe
 
 
@@ -744,10 +775,21 @@ def _object_from_ptyrad(init: dict, unsupported: list[str]) -> dict[str, Any]:
     tsrc = take("tilt_source", "simu")
     tparams = take("tilt_params", None)
     if tsrc != "simu":
-        unsupported.append(f"init_params.tilt_source={tsrc!r}")
+        unsupported.append(f"init_params.tilt_source={tsrc!r} (pass the tilts to "
+                           "reconstruct(init={'object_tilts': ...}), mrad)")
     elif isinstance(tparams, Mapping):
-        if np.any(np.asarray(tparams.get("init_tilts", [[0, 0]]), dtype=float) != 0):
-            unsupported.append("init_params.tilt_params (object tilt)")
+        tilts = np.asarray(tparams.get("init_tilts", [[0, 0]]), dtype=float).reshape(-1, 2)
+        if len(tilts) != 1:
+            raise ValueError("init_params.tilt_params.init_tilts must be one [tilt_y, tilt_x] "
+                             f"pair (mrad), got {len(tilts)}")
+        if np.any(tilts != 0):
+            obj["tilt"] = (float(tilts[0, 0]), float(tilts[0, 1]))
+        kind = tparams.get("tilt_type", "all")
+        if kind not in ("all", "each"):
+            raise ValueError(f"init_params.tilt_params.tilt_type must be 'all' or 'each', "
+                             f"got {kind!r}")
+        if kind == "each":
+            obj["tilt_per_position"] = True
     return obj
 
 
@@ -905,8 +947,9 @@ def _solver_from_ptyrad(model: dict, loss: dict, cons: dict, unsupported: list[s
     unsupported += [f"model_params.optimizer_params.{k}" for k in opt]
     if model.pop("scheduler_params", None) is not None:
         unsupported.append("model_params.scheduler_params")
-    if model.pop("detector_blur_std", None) not in (None, 0, 0.0):
-        unsupported.append("model_params.detector_blur_std")
+    blur = model.pop("detector_blur_std", None)
+    if blur not in (None, 0, 0.0):
+        solver["_detector_blur"] = float(blur)  # moved to detector.blur by from_ptyrad
     if model.pop("preload_data", True) is False:
         unsupported.append("model_params.preload_data=false (stem4d keeps all patterns on "
                            "the device)")
@@ -1078,8 +1121,11 @@ def from_ptyrad(params: Mapping[str, Any], *, strict: bool = False) -> PtychoPar
     recon_solver, checkpoint, output = _recon_from_ptyrad(recon, unsupported)
     solver.update(recon_solver)
 
+    detector: dict[str, Any] = {} if npix is None else {"shape": npix}
+    if "_detector_blur" in solver:
+        detector["blur"] = solver.pop("_detector_blur")
     data: dict[str, Any] = {"probe": probe, "object": obj, "scan": scan,
-                            "detector": {} if npix is None else {"shape": npix},
+                            "detector": detector,
                             "measurements": measurements, "solver": solver,
                             "checkpoint": checkpoint, "output": output}
     if seed is not None:

@@ -5,7 +5,9 @@ Layout::
     /            attrs: params (JSON text), wavelength (Å), pixel_size (Å),
                  detector_pixel_size (1/Å), timings, device
     /object      amplitude, phase (rad): (object_mode, slice, rx, ry); rx, ry in Å
-                 (scan frame: the first raster position is at (0, 0)); z (slice) in Å
+                 (scan frame: the first raster position is at (0, 0)); z (slice) in Å;
+                 tilts (tilt, component): object tilt (rx, ry) in mrad, one row or
+                 one per position
     /probe       probe (complex): (probe_mode, rx, ry), rx, ry in Å from the window
                  centre; power (probe_mode): fraction of the intensity per mode; the
                  probe is scaled so Σ_modes Σ_r |ψ|² = mean total counts of a pattern
@@ -45,12 +47,14 @@ def make_result(
     loss: Sequence[float],
     params_json: str,
     info: dict[str, Any] | None = None,
+    tilts: np.ndarray | None = None,
 ) -> xr.DataTree:
     """Assemble the result DataTree.
 
     ``amplitude``/``phase`` ``(O, S, H, W)``; ``probe`` ``(M, N, N)`` complex;
     ``positions`` ``(n, 2)`` Å; ``object_offset`` the object pixel (row, column) of
-    the scan-frame origin; ``pixel_size`` Å; ``slice_thickness`` Å.
+    the scan-frame origin; ``pixel_size`` Å; ``slice_thickness`` Å; ``tilts`` ``(1, 2)``
+    or ``(n, 2)`` object tilts, mrad (stored as ``/object/tilts``).
     """
     n_om, n_sl, h, w = amplitude.shape
     rx = (np.arange(h) - object_offset[0]) * pixel_size
@@ -70,6 +74,10 @@ def make_result(
             "slice": np.arange(n_sl),
         },
     )
+    if tilts is not None:
+        obj["tilts"] = xr.Variable(("tilt", "component"), np.asarray(tilts, dtype=float),
+                                   {"units": "mrad", "long_name": "object tilt (rx, ry)"})
+        obj = obj.assign_coords(component=["rx", "ry"])
     m, n, _ = probe.shape
     power = np.sum(np.abs(probe) ** 2, axis=(1, 2))
     px = (np.arange(n) - n // 2) * pixel_size

@@ -74,6 +74,7 @@ def simulate_ptychography(
     detector_pixel_size: float | None = None,
     slices: int = 1,
     slice_thickness: float = 2.0,
+    tilt: tuple[float, float] = (0.0, 0.0),
     dose: float | None = None,
     atom_spacing: float = 2.2,
     atom_sigma: float = 0.35,
@@ -102,6 +103,9 @@ def simulate_ptychography(
     slices, slice_thickness
         Multislice object: the phase is split equally over ``slices`` slices spaced
         ``slice_thickness`` Å.
+    tilt
+        Object tilt (along rx, along ry), mrad: between slices the wave moves by
+        ``-slice_thickness · tan(tilt)`` (see :mod:`stem4d.ptycho.model`).
     dose
         Electrons per Å² (Poisson noise); None: noise-free. The patterns are counts
         (dose x step area electrons per pattern in vacuum) in both cases.
@@ -145,6 +149,11 @@ def simulate_ptychography(
     probe_k = np.fft.fft2(probe)
     k = np.fft.fftfreq(n)
     prop = fresnel_propagator((n, n), dx, lam, slice_thickness) if slices > 1 else None
+    if prop is not None and any(tilt):
+        walk = np.tan(np.asarray(tilt, dtype=float) * 1e-3) * slice_thickness  # Å per slice
+        kx = k[:, None] / dx
+        ky = k[None, :] / dx
+        prop = prop * np.exp(2j * np.pi * (walk[0] * kx + walk[1] * ky))
     corners = centres - n // 2
     patterns = np.empty((len(centres), n, n), dtype=np.float64)
     for start in range(0, len(centres), 128):
@@ -196,7 +205,8 @@ def simulate_ptychography(
             "component": ["rx", "ry"],
         },
         attrs={"pixel_size": dx, "wavelength": lam, "defocus": float(defocus),
-               "detector_pixel_size": dk, "slices": slices},
+               "detector_pixel_size": dk, "slices": slices,
+               "tilt_mrad": [float(tilt[0]), float(tilt[1])]},
     )
     return data, truth
 

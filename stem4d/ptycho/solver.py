@@ -40,13 +40,13 @@ from tqdm.auto import tqdm
 from ..datacube import electron_wavelength
 from . import result as _result
 from .model import ModelSpec, batch_loss, fixed_geometry
-from .optics import make_probe, probe_modes
+from .optics import fresnel_propagator, make_probe, probe_modes
 from .params import PtychoParams, ScanParams, load_params
 
 __all__ = ["reconstruct", "model_patterns", "scan_positions", "affine_matrix",
            "load_checkpoint"]
 
-_VARIABLES = ("object_amplitude", "object_phase", "probe", "positions")
+_VARIABLES = ("object_amplitude", "object_phase", "probe", "positions", "object_tilts")
 
 
 # -------------------------------------------------------------------- measurements
@@ -372,15 +372,51 @@ def _init_array(init: Any, key: str) -> np.ndarray | None:
         return None
     if isinstance(init, xr.DataTree):
         try:
-            node = {"object": "object", "probe": "probe", "positions": "positions"}[key]
+            node = {"object": "object", "probe": "probe", "positions": "positions",
+                    "object_tilts": "object"}[key]
             ds = init[node].to_dataset()
         except KeyError:
             return None
         if key == "object":
             return np.asarray(ds["amplitude"] * np.exp(1j * ds["phase"]))
+        if key == "object_tilts":
+            return np.asarray(ds["tilts"]) if "tilts" in ds else None
         return np.asarray(ds[key])
     value = init.get(key) if isinstance(init, Mapping) else None
     return None if value is None else np.asarray(value)
+
+
+def _initial_tilts(params: PtychoParams, init: Any, n_scan: int) -> tuple[np.ndarray, str]:
+    """Initial object tilts ``(1, 2)`` or ``(n_scan, 2)`` mrad and the model's tilt mode."""
+    per_position = params.object.tilt_per_position
+    rows = n_scan if per_position else 1
+    given = _init_array(init, "object_tilts")
+    if given is None:
+        tilts = np.broadcast_to(np.asarray(params.object.tilt, dtype=float), (rows, 2))
+    else:
+        given = np.asarray(given, dtype=float)
+        if given.shape in ((2,), (1, 2)):
+            tilts = np.broadcast_to(given.reshape(1, 2), (rows, 2))
+        elif given.shape == (n_scan, 2) and per_position:
+            tilts = given
+        else:
+            raise ValueError(
+                f"init object_tilts must have shape (1, 2)"
+                f"{f' or ({n_scan}, 2)' if per_position else ''} (mrad; one per position "
+                f"needs object.tilt_per_position = true), got {given.shape}")
+        if not np.all(np.isfinite(tilts)):
+            raise ValueError("init object_tilts must be finite (mrad)")
+    tilts = np.array(tilts, dtype=float)
+    learned = params.solver.update.object_tilts.learning_rate > 0
+    if params.object.slices == 1:
+        if learned or np.any(tilts != 0):
+            warnings.warn("an object tilt has no effect on a single-slice object (it tilts "
+                          "the propagation between slices): it is ignored", UserWarning,
+                          stacklevel=3)
+        return tilts, "none"
+    if not learned and not np.any(tilts != 0):
+        return tilts, "none"
+    return tilts, "per_position" if per_position else "global"
 
 
 def reconstruct(
@@ -406,8 +442,9 @@ def reconstruct(
         :class:`PtychoParams`, a dict, or a YAML/JSON path (:func:`load_params`).
     init
         Optional starting values: a dict with ``probe`` (complex ``(M, N, N)``, any
-        scale: rescaled to the data), ``object`` (complex ``(O, S, H, W)`` or ``(H, W)``)
-        and/or ``positions`` (``(n, 2)`` Å, scan frame), or a previous result DataTree.
+        scale: rescaled to the data), ``object`` (complex ``(O, S, H, W)`` or ``(H, W)``),
+        ``positions`` (``(n, 2)`` Å, scan frame) and/or ``object_tilts`` (``(1, 2)`` or,
+        with ``object.tilt_per_position``, ``(n, 2)`` mrad), or a previous result DataTree.
     progress
         Show a tqdm progress bar with the loss.
     checkpoint
@@ -476,7 +513,11 @@ def reconstruct(
         if probe0.shape != (params.probe.modes, n, n):
             raise ValueError(f"init probe must have shape ({params.probe.modes}, {n}, {n}) "
                              f"(probe.modes, detector, detector), got {probe0.shape}")
+    if params.probe.z_shift != 0:
+        probe0 = np.fft.ifft2(np.fft.fft2(probe0) * fresnel_propagator(
+            (n, n), dx, lam, params.probe.z_shift))
     probe0 = probe0 * np.sqrt(n * n / np.sum(np.abs(probe0) ** 2))
+    tilts0, tilt_mode = _initial_tilts(params, init, n_scan)
 
     obj0 = _init_array(init, "object")
     if obj0 is None:
@@ -495,6 +536,7 @@ def reconstruct(
         pixel_size=dx, slice_thickness=float(params.object.slice_thickness or 0.0),
         loss=params.solver.loss, reduction=params.solver.loss_reduction,
         train_positions=params.solver.update.positions.learning_rate > 0,
+        tilts=tilt_mode, detector_blur=float(params.detector.blur),
     )
     put = (lambda x: jax.device_put(x, device)) if device is not None else jax.device_put
     variables = {
@@ -502,6 +544,7 @@ def reconstruct(
         "object_phase": put(np.angle(obj0).astype(np.float32)),
         "probe": put(np.stack([probe0.real, probe0.imag]).astype(np.float32)),
         "positions": put(corners.astype(np.float32)),
+        "object_tilts": put(tilts0.astype(np.float32)),
     }
     probe_lr_factor = math.sqrt(scale) if params.solver.update.probe_units == "measurements" \
         else 1.0
@@ -601,7 +644,7 @@ def reconstruct(
         amplitude=host["object_amplitude"], phase=host["object_phase"], probe=probe,
         positions=centres_a, initial_positions=pos_a, object_offset=tuple(offset),
         pixel_size=dx, slice_thickness=spec.slice_thickness, loss=losses,
-        params_json=params.to_json(), info=info,
+        params_json=params.to_json(), info=info, tilts=host["object_tilts"].astype(float),
     )
     if params.output.directory:
         _result.write_outputs(out, params.output.directory, name=params.output.name,
