@@ -43,6 +43,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import dask
 import numpy as np
 import scipy.fft
 import xarray as xr
@@ -108,8 +109,14 @@ def _as_com(com: Any, argname: str = "com") -> xr.Dataset:
 
 
 def _com_arrays(com: xr.Dataset, argname: str = "com") -> tuple[np.ndarray, np.ndarray]:
-    cx = np.asarray(com["com_qx"].transpose(*SCAN_DIMS).values, dtype=float)
-    cy = np.asarray(com["com_qy"].transpose(*SCAN_DIMS).values, dtype=float)
+    """``(com_qx, com_qy)`` as float64 ``(rx, ry)`` arrays.
+
+    A lazy CoM is computed with one ``dask.compute`` of both maps, so their shared
+    graph (the cube) is read once, not once per component.
+    """
+    cx, cy = dask.compute(com["com_qx"].transpose(*SCAN_DIMS).data,
+                          com["com_qy"].transpose(*SCAN_DIMS).data)
+    cx, cy = np.asarray(cx, dtype=float), np.asarray(cy, dtype=float)
     if not (np.all(np.isfinite(cx)) and np.all(np.isfinite(cy))):
         raise ValueError(
             f"{argname} contains NaN/inf centre-of-mass values (patterns with no "
@@ -207,8 +214,9 @@ def center_of_mass(
     Returns
     -------
     Dataset over ``(rx, ry)``: ``com_qx``, ``com_qy`` (detector frame, the cube's q units,
-    e.g. 1/Å), ``com_magnitude`` and ``intensity`` (the masked sum), float32 (float64 for
-    float64 data), NaN where a pattern has no intensity. Scan and 0-d coordinates
+    e.g. 1/Å), ``com_magnitude`` and ``intensity`` (the masked sum), float32 for integer
+    and float32 data (with or without a per-position origin), float64 for float64 data;
+    NaN where a pattern has no intensity. Scan and 0-d coordinates
     (calibration, orientation) are kept. Lazy for a dask cube.
     """
     validate_cube(cube)
@@ -228,8 +236,9 @@ def center_of_mass(
     com_qx = (sums.isel(moment=1, drop=True) / total).where(valid)
     com_qy = (sums.isel(moment=2, drop=True) / total).where(valid)
     if origin_subtracted and "qx0" in sums.coords and "qy0" in sums.coords:
-        com_qx = com_qx - sums.coords["qx0"].reset_coords(drop=True)
-        com_qy = com_qy - sums.coords["qy0"].reset_coords(drop=True)
+        # the float64 origin coordinates would promote float32 sums: keep the work dtype
+        com_qx = (com_qx - sums.coords["qx0"].reset_coords(drop=True)).astype(sums.dtype)
+        com_qy = (com_qy - sums.coords["qy0"].reset_coords(drop=True)).astype(sums.dtype)
     units = cube.coords["qx"].attrs.get("units", "pixels")
     out = xr.Dataset(
         {

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -445,14 +446,19 @@ def _lstsq(mat: np.ndarray, rhs: np.ndarray, model: str) -> np.ndarray:
     return coef / scale[:, None]
 
 
-def _scan_values(obj: Any, name: str, shape: tuple[int, int] | None) -> np.ndarray:
-    """An ``(rx, ry)`` map as numpy; a DataArray is aligned by its dims (transposed)."""
+def _scan_data(obj: Any, name: str) -> Any:
+    """The data of an ``(rx, ry)`` map, not computed; a DataArray is aligned by its dims."""
     if isinstance(obj, xr.DataArray):
         if set(obj.dims) != set(SCAN_DIMS):
             raise ValueError(f"{name} must be an (rx, ry) map with dims {SCAN_DIMS} (either "
                              f"order), got dims {tuple(obj.dims)}")
-        obj = obj.transpose(*SCAN_DIMS).values
-    values = np.asarray(obj)
+        return obj.transpose(*SCAN_DIMS).data
+    return obj
+
+
+def _scan_values(obj: Any, name: str, shape: tuple[int, int] | None) -> np.ndarray:
+    """An ``(rx, ry)`` map as numpy (see :func:`_scan_data`), checked against ``shape``."""
+    values = np.asarray(_scan_data(obj, name))
     if shape is not None and values.shape != shape:
         raise ValueError(f"{name} must have the scan shape (rx, ry) = {shape}, got "
                          f"{values.shape}")
@@ -545,8 +551,13 @@ def fit_origin(
                          f"{robust_k!r}")
     order = _bezier_order(bezier_order)
 
-    qx0 = np.asarray(origin_ds["qx0"].values, dtype=np.float64)
-    qy0 = np.asarray(origin_ds["qy0"].values, dtype=np.float64)
+    # one compute for all the lazy inputs: the maps of a lazy measure_origin (and a mask
+    # made from its quality) share one graph, which separate computes would each re-run,
+    # reading the cube once per map
+    qx0, qy0, mask = dask.compute(origin_ds["qx0"].data, origin_ds["qy0"].data,
+                                  _scan_data(mask, "mask"))
+    qx0 = np.asarray(qx0, dtype=np.float64)
+    qy0 = np.asarray(qy0, dtype=np.float64)
     shape = qx0.shape
     base = np.isfinite(qx0) & np.isfinite(qy0)
     if mask is not None:
@@ -656,12 +667,16 @@ def apply_origin(cube: xr.DataArray, origin: xr.Dataset | Sequence[Any]) -> xr.D
         raise TypeError("origin must be a Dataset with qx0/qy0 (pixels) or a pair "
                         f"(qx0, qy0) of arrays, got {type(origin).__name__}")
     scan_shape = (cube.sizes["rx"], cube.sizes["ry"])
-    values = []
+    pair = []
     for name, v in (("qx0", qx0), ("qy0", qy0)):
         if isinstance(v, xr.DataArray):
             if v.ndim and tuple(v.dims) != SCAN_DIMS:
                 raise ValueError(f"{name} must have dims {SCAN_DIMS}, got {tuple(v.dims)}")
-            v = v.values
+            v = v.data
+        pair.append(v)
+    values = []
+    # both maps in one compute: a lazy origin's maps share one graph (the cube)
+    for name, v in zip(("qx0", "qy0"), dask.compute(*pair), strict=True):
         arr = np.asarray(v, dtype=float)
         if arr.ndim and arr.shape != scan_shape:
             raise ValueError(f"{name} must have the scan shape (rx, ry) = {scan_shape}, got "

@@ -38,6 +38,7 @@ from . import _kernels
 from .datacube import _as_pattern, _pixel_coords, as_float, validate_cube
 from .detectors import _center as _pair_center
 from .detectors import _mask_array, _positive
+from .origin import _moments, _smooth_max
 from .virtual import _detector_coords as _virtual_detector_coords
 
 __all__ = [
@@ -278,14 +279,31 @@ def _roi_mask(cube: xr.DataArray, roi: Any) -> np.ndarray:
     return sel
 
 
+def _disk_centroids(stack: np.ndarray) -> np.ndarray:
+    """Centre (pixels) of the brightest disk of each pattern of ``stack`` ``(N, nx, ny)``.
+
+    The centre of mass of the intensity above half the maximum of the pattern smoothed
+    by a 1-pixel Gaussian (the first estimate of :func:`stem4d.measure_origin`'s
+    ``"com"``); ``(N, 2)``, NaN for a pattern with nothing above that level.
+    """
+    nx, ny = stack.shape[1:]
+    level = (0.5 * _smooth_max(stack)).astype(stack.dtype)[:, None, None]
+    _, cx, cy = _moments(np.clip(stack - level, 0, None), np.arange(nx, dtype=np.float64),
+                         np.arange(ny, dtype=np.float64))
+    return np.stack([cx, cy], axis=-1)
+
+
 def _aligned_sum_block(block: np.ndarray, sel: np.ndarray, weights: np.ndarray | None,
-                       ref_spectrum: np.ndarray | None, workers: int) -> np.ndarray:
+                       align: str | np.ndarray | None, workers: int) -> np.ndarray:
     """One scan block ``(a, b, nx, ny)`` -> ``(1, 1, nx * ny + 4)``.
 
-    The sum of the selected patterns (``sel[..., 0, 0]``), each first moved by minus
-    its cross-correlation shift against the reference when ``ref_spectrum`` is given,
-    followed by the sums of the shifts along qx and qy, of their squared lengths, and
-    the number of patterns.
+    The sum of the selected patterns (``sel[..., 0, 0]``), each first moved (Fourier
+    shift) by minus its shift ``s``, followed by the sums of ``s`` along qx and qy, of
+    ``|s|**2``, and the number of shifts summed. ``align``: ``None``, no shift;
+    ``"centroid"``, ``s`` is the pattern's own disk centre (:func:`_disk_centroids`;
+    patterns without one are not moved nor counted); a reference spectrum
+    (:func:`stem4d._kernels.reference_spectrum`), ``s`` is the cross-correlation shift
+    against that reference.
     """
     nx, ny = block.shape[2:]
     out = np.zeros((1, 1, nx * ny + 4))
@@ -297,16 +315,26 @@ def _aligned_sum_block(block: np.ndarray, sel: np.ndarray, weights: np.ndarray |
     _finite(stack, "cube (selected patterns)")
     if weights is not None:
         stack = stack * weights.astype(wd)
-    if ref_spectrum is None:
+    counted = np.ones(stack.shape[0], bool)
+    if align is None:
         total = stack.sum(axis=0, dtype=np.float64)
         shifts = np.zeros((stack.shape[0], 2))
     else:
-        shifts, _ = _kernels.xcorr_peaks(stack, ref_spectrum, upsample=_UPSAMPLE,
-                                         workers=workers)
-        total = _kernels.fourier_shifted_sum(stack, -shifts, None, workers=workers)
+        if isinstance(align, str):
+            shifts = _disk_centroids(stack)
+            counted = np.all(np.isfinite(shifts), axis=1)
+            shifts[~counted] = 0.0
+            # the reference is summed in float64: float32 sums would depend on the
+            # chunking at 1e-7, and the shifts measured against it at ~1e-6 pixel
+            total = _kernels.fourier_shifted_sum(stack.astype(np.float64), -shifts, None,
+                                                 workers=workers)
+        else:
+            shifts, _ = _kernels.xcorr_peaks(stack, align, upsample=_UPSAMPLE,
+                                             workers=workers)
+            total = _kernels.fourier_shifted_sum(stack, -shifts, None, workers=workers)
     out[0, 0, :nx * ny] = total.reshape(-1)
     out[0, 0, nx * ny:] = (shifts[:, 0].sum(), shifts[:, 1].sum(), (shifts**2).sum(),
-                           stack.shape[0])
+                           counted.sum())
     return out
 
 
@@ -334,12 +362,13 @@ def probe_from_cube(
         Optional ``(qx, qy)`` detector mask multiplied into every pattern before
         alignment and averaging.
     align
-        Align the patterns before averaging: each is cross-correlated with the
-        reference (first the plain average, then once more the aligned average), the
-        correlation peak located to 1/16 pixel by an upsampled DFT and a parabola, and
-        the pattern moved by that shift in Fourier space (periodic at the detector
-        edges). The mean shift is removed, so the result sits where the beam was on
-        average over the region.
+        Align the patterns before averaging: each is cross-correlated with a reference,
+        the correlation peak located to 1/16 pixel by an upsampled DFT and a parabola,
+        and the pattern moved by that shift in Fourier space (periodic at the detector
+        edges). The reference is the average of the patterns each moved onto its own
+        disk centre (centre of mass of the intensity above half its smoothed maximum).
+        The mean shift is removed, so the result sits where the beam was on average
+        over the region.
     threshold, expansion, opening
         Final masking step, as in :func:`vacuum_probe` (default threshold 0.2 of the
         maximum, like py4DSTEM; ``threshold=0`` keeps every positive pixel).
@@ -352,10 +381,10 @@ def probe_from_cube(
 
     Notes
     -----
-    What is computed: the selected patterns are read in up to three passes (the mean,
-    then two alignment passes when ``align``), each pass reduced scan block by scan
-    block (the blocks of the bounding box of ``roi``; a dask cube's scan chunks, with
-    the detector axes merged) to one ``(qx, qy)`` sum and four numbers per block. Only
+    What is computed: the selected patterns are read once (``align=False``) or twice
+    (the reference, then the alignment), each pass reduced scan block by scan block
+    (the blocks of the bounding box of ``roi``; a dask cube's scan chunks, with the
+    detector axes merged) to one ``(qx, qy)`` sum and four numbers per block. Only
     those small sums are computed, so a dask cube of any size is never loaded whole
     and the blocks run in parallel on a dask scheduler.
     """
@@ -377,30 +406,44 @@ def probe_from_cube(
         sel_lazy = da.from_array(sel_box[:, :, None, None],
                                  chunks=data.chunks[:2] + ((1,), (1,)))
 
-    def one_pass(ref: np.ndarray | None) -> np.ndarray:
-        spec = None if ref is None else _kernels.reference_spectrum(ref, wd)
-        if not lazy:
-            return _aligned_sum_block(np.asarray(data), sel_box, weights, spec, -1)[0, 0]
-        parts = da.map_blocks(
-            _aligned_sum_block, data, sel_lazy, weights, spec, 1, drop_axis=3,
-            chunks=(tuple(1 for _ in data.chunks[0]), tuple(1 for _ in data.chunks[1]),
-                    (nx * ny + 4,)),
-            dtype=np.float64, meta=np.array((), np.float64))
-        return parts.sum(axis=(0, 1)).compute()
+    def one_pass(how: str | np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """One read of the patterns, ``_aligned_sum_block(..., how)`` summed over blocks.
 
-    res = one_pass(None)
-    n = int(round(res[-1]))
-    probe = res[:nx * ny].reshape(nx, ny) / n
+        Returns the sum moved onto the mean shift (``sum_i shift(p_i, -s_i)`` moved by
+        ``+mean`` is ``sum_i shift(p_i, -(s_i - mean))``) and the four summed numbers.
+        """
+        if not lazy:
+            res = _aligned_sum_block(np.asarray(data), sel_box, weights, how, -1)[0, 0]
+        else:
+            res = da.map_blocks(
+                _aligned_sum_block, data, sel_lazy, weights, how, 1, drop_axis=3,
+                chunks=(tuple(1 for _ in data.chunks[0]), tuple(1 for _ in data.chunks[1]),
+                        (nx * ny + 4,)),
+                dtype=np.float64, meta=np.array((), np.float64)).sum(axis=(0, 1)).compute()
+        total, count = res[:nx * ny].reshape(1, nx, ny), int(round(res[-1]))
+        mean_shift = res[nx * ny:nx * ny + 2] / max(count, 1)
+        if how is not None:
+            total = _kernels.fourier_shift_stack(total, mean_shift[None], workers=-1)
+        return total[0], res[nx * ny:]
+
+    n = int(sel_box.sum())
     shift_rms = 0.0
     if align and n > 1:
-        for _ in range(2):
-            res = one_pass(probe)
-            mean_shift = res[nx * ny:nx * ny + 2] / n
-            # sum_i shift(p_i, -s_i) moved by +mean = sum_i shift(p_i, -(s_i - mean))
-            probe = _kernels.fourier_shift_stack(res[None, :nx * ny].reshape(1, nx, ny),
-                                                 mean_shift[None], workers=-1)[0] / n
-            shift_rms = float(np.sqrt(max(res[nx * ny + 2] / n - mean_shift @ mean_shift,
-                                          0.0)))
+        # Two passes, the minimum: a cross-correlation alignment needs a reference, and
+        # a reference that does not blur the disk (unlike the plain mean of a drifting
+        # beam) needs the patterns aligned. Pass 1 moves every pattern onto its own disk
+        # centre (no reference needed) and sums: the reference, at the mean centre.
+        # Pass 2 cross-correlates every pattern with it and sums the aligned patterns.
+        # Both are per-pattern operations and sums, so the result does not depend on the
+        # chunking. (Aligning against the plain mean needs a third pass: the plain mean,
+        # then the alignment, then the alignment against the sharper aligned mean.)
+        reference, _ = one_pass("centroid")
+        total, sums = one_pass(_kernels.reference_spectrum(reference, wd))
+        mean_shift = sums[:2] / n
+        shift_rms = float(np.sqrt(max(sums[2] / n - mean_shift @ mean_shift, 0.0)))
+    else:
+        total, _ = one_pass(None)
+    probe = total / n
     probe = probe.astype(wd)
     region = _probe_mask(probe, threshold, expansion, opening)
     return _probe_result(

@@ -156,6 +156,69 @@ def test_center_of_mass_mask_origin_and_dask():
     np.testing.assert_allclose(lazy.com_qx.values, com.com_qx.values, rtol=1e-6)
 
 
+def test_center_of_mass_dtype_with_a_per_position_origin():
+    """float32 for integer and float32 data (the float64 origin coordinates do not
+    promote it), float64 for float64 data; numpy and dask alike."""
+    cube, _ = simulated(0.0, False)
+    rng = np.random.default_rng(1)
+    counts = (cube * (6e4 / float(cube.max()))).round()  # detector counts, < 2**16
+    moved = stem4d.set_origin(counts, 32 + rng.uniform(-1, 1, (24, 24)),
+                              32 + rng.uniform(-1, 1, (24, 24)))
+    assert moved.coords["qx0"].dtype == np.float64
+    expect = center_of_mass(moved.astype(np.float64))
+    for dtype, want in ((np.uint16, np.float32), (np.int32, np.float32),
+                        (np.float32, np.float32), (np.float64, np.float64)):
+        for c in (moved.astype(dtype), moved.astype(dtype).chunk({"rx": 12})):
+            com = center_of_mass(c)
+            for var in ("com_qx", "com_qy", "com_magnitude", "intensity"):
+                assert com[var].dtype == want, (dtype, var, com[var].dtype)
+            scale = float(np.abs(expect.com_qx).max())
+            np.testing.assert_allclose(com.com_qx.values, expect.com_qx.values,
+                                       atol=1e-5 * scale)
+            np.testing.assert_allclose(com.com_qy.values, expect.com_qy.values,
+                                       atol=1e-5 * scale)
+
+
+def test_chunk_reads_counts_one_pass_per_compute(ChunkReads):
+    cube, _ = simulated(0.0, False)
+    reads = ChunkReads(cube.chunk({"rx": 12, "ry": 12}))
+    assert reads.chunks == 4 and reads.count == 0
+    reads.cube.sum().compute()
+    assert reads.count == 4 and reads.passes == 1
+    reads.cube.mean("rx").compute()
+    assert reads.passes == 2
+
+
+def test_orientation_and_idpc_read_a_lazy_cube_once(ChunkReads):
+    """find_orientation and integrate_com/idpc compute the lazy CoM maps together: each
+    chunk is read once (it was read twice, once for com_qx and once for com_qy)."""
+    cube, _ = simulated(23.0, True)
+    cube = set_orientation(cube, np.radians(23.0), True)
+    com = center_of_mass(cube)
+    lazy = cube.chunk({"rx": 12, "ry": 12})
+
+    reads = ChunkReads(lazy)
+    res = find_orientation(center_of_mass(reads.cube))
+    assert reads.passes == 1
+    expect = find_orientation(com)
+    assert bool(res.scan_flip) == bool(expect.scan_flip)
+    assert float(res.scan_rotation) == pytest.approx(float(expect.scan_rotation), abs=1e-6)
+    np.testing.assert_allclose(res.curl.values, expect.curl.values, rtol=1e-5)
+
+    reads = ChunkReads(lazy)
+    lazy_com = center_of_mass(reads.cube)
+    assert isinstance(lazy_com.com_qx.data, da.Array) and reads.count == 0  # still lazy
+    phase = integrate_com(lazy_com)
+    assert reads.passes == 1
+    np.testing.assert_allclose(phase.values, integrate_com(com).values, atol=1e-6)
+
+    reads = ChunkReads(lazy)
+    phase = idpc(center_of_mass(reads.cube), scan_rotation=0.4, scan_flip=False)
+    assert reads.passes == 1
+    np.testing.assert_allclose(
+        phase.values, idpc(com, scan_rotation=0.4, scan_flip=False).values, atol=1e-6)
+
+
 def test_center_of_mass_errors():
     cube, _ = simulated(0.0, False)
     with pytest.raises(ValueError, match=r"mask must have the detector shape \(64, 64\)"):

@@ -446,6 +446,37 @@ def test_measure_fit_apply_removes_the_drift_contrast(chunks):
     assert after < 0.2 * before  # measured 0.072 -> 0.0095 (shot noise 0.004)
 
 
+def test_fit_and_apply_read_a_lazy_cube_once(clean, ChunkReads):
+    """fit_origin / apply_origin compute the maps of a lazy measure_origin (and a mask
+    made from its quality) together: each chunk is read once (it was once per map)."""
+    cube, truth = clean
+    lazy = cube.chunk({"rx": 8, "ry": 8})
+    measured = measure_origin(cube)
+    expect = fit_origin(measured)
+
+    reads = ChunkReads(lazy)
+    fit = fit_origin(measure_origin(reads.cube))
+    assert reads.passes == 1
+    xr.testing.assert_allclose(fit, expect, atol=1e-9)
+    assert float(fit.qx0_rms) < 0.01 and _rms(fit, truth) < 0.01
+
+    reads = ChunkReads(lazy)
+    ds = measure_origin(reads.cube)
+    keep = float(measured.quality.median())  # a mask made from the lazy result itself
+    fit = fit_origin(ds, mask=ds.quality > keep)
+    assert reads.passes == 1 and 0 < fit.attrs["n_used"] < 256
+    xr.testing.assert_allclose(
+        fit, fit_origin(measured, mask=measured.quality > keep), atol=1e-9)
+
+    reads = ChunkReads(lazy)
+    applied = apply_origin(reads.cube, measure_origin(reads.cube))
+    assert reads.passes == 1 and isinstance(applied.data, da.Array)  # the data untouched
+    ox, oy = s4.get_origin(applied)
+    ex, ey = s4.get_origin(apply_origin(cube, measured))
+    np.testing.assert_allclose(ox, ex, atol=1e-9)
+    np.testing.assert_allclose(oy, ey, atol=1e-9)
+
+
 def test_apply_origin_accepts_a_pair_and_keeps_calibration(clean):
     cube, truth = clean
     out = apply_origin(cube, (truth.qx0.values, truth.qy0))

@@ -250,6 +250,29 @@ def test_probe_from_cube_whole_dask_cube_runs_chunk_by_chunk(drifting_vacuum):
     assert max(largest) < cube.nbytes / 5
 
 
+def test_probe_from_cube_reads_a_lazy_cube_twice_when_aligning(drifting_vacuum, ChunkReads):
+    """Two passes with alignment (reference, then alignment; it was three), one without;
+    the numbers are those of the numpy cube."""
+    cube, truth = drifting_vacuum
+    lazy = cube.chunk({"rx": 5, "ry": 5})
+    for align, passes in ((True, 2), (False, 1)):
+        reads = ChunkReads(lazy)
+        got = P.probe_from_cube(reads.cube, align=align)
+        assert reads.passes == passes, align
+        expect = P.probe_from_cube(cube, align=align)
+        np.testing.assert_allclose(got.values, expect.values, rtol=1e-5, atol=1e-6)
+        assert got.attrs["shift_rms"] == pytest.approx(expect.attrs["shift_rms"], abs=1e-6)
+    # the alignment against the centroid-aligned reference recovers the drift
+    offsets = np.hypot(truth.qx0 - truth.qx0.mean(), truth.qy0 - truth.qy0.mean())
+    assert got.attrs["aligned"] == 0 and expect.attrs["n_patterns"] == 100
+    aligned = P.probe_from_cube(cube)
+    assert aligned.attrs["shift_rms"] == pytest.approx(
+        float(np.sqrt((offsets**2).mean())), abs=1e-3)  # measured 2e-6
+    m = P.measure_disk(aligned)
+    assert abs(float(m.qx0) - float(truth.qx0.mean())) < 1e-3
+    assert abs(float(m.qy0) - float(truth.qy0.mean())) < 1e-3
+
+
 def test_measure_disk_flux_radius_is_the_unblurred_radius():
     """A Gaussian blur s pulls the 50 % contour in by ~s^2 / 2r; the flux radius stays."""
     for radius, edge in ((9.3, 1.2), (12.0, 2.0)):
