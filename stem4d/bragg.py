@@ -72,7 +72,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -93,6 +93,7 @@ PEAKS_TYPE = "bragg_peaks"
 _PEAK_VARS = ("qx", "qy", "intensity")
 _NFIELDS = 4  # per peak: qx, qy (pixels), intensity, refinement flag
 _BATCH_BYTES = 2**20  # float32 patterns per batch (cache-sized: 16 of 128 x 128)
+_PROGRESS_PATTERNS = 4096  # progress=None shows a bar above this many patterns (numpy)
 _NMS_ELEMENTS = 2**22  # pairwise-distance elements per spacing-suppression chunk
 _RADII = (1, 2)  # half-widths of the multicorr window (qx, qy), in fine-grid steps
 _MAX_SHIFT = 2.0  # pixels: multicorr gives up (flag 2) beyond this from the pixel maximum
@@ -523,12 +524,18 @@ def _detect_batch(p: np.ndarray, s: _Settings, ox: Any = 0.0, oy: Any = 0.0) -> 
 
 def _detect_stack(stack: np.ndarray, index: np.ndarray | None, s: _Settings,
                   ox: np.ndarray | float, oy: np.ndarray | float, out: np.ndarray,
-                  workers: int) -> None:
+                  workers: int, progress: bool = False) -> None:
     """Detect the peaks of ``stack[index]`` (all patterns when ``index`` is None) into
-    ``out[index]`` (``(N, max_peaks, 4)``), batch by batch on ``workers`` threads."""
+    ``out[index]`` (``(N, max_peaks, 4)``), batch by batch on ``workers`` threads, with
+    a tqdm progress bar in patterns when ``progress``."""
     n = stack.shape[0] if index is None else index.size
     starts = range(0, n, s.batch)
     scalar_origin = np.ndim(ox) == 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, desc="Bragg disks", unit="pattern")
 
     def job(start: int) -> None:
         sel = (slice(start, min(start + s.batch, n)) if index is None
@@ -541,14 +548,25 @@ def _detect_stack(stack: np.ndarray, index: np.ndarray | None, s: _Settings,
         by = oy if scalar_origin else oy[sel]
         out[sel] = _detect_batch(p, s, bx, by)
 
-    with _single_threaded_blas():
-        if workers <= 1 or len(starts) <= 1:
-            for start in starts:
-                job(start)
-        else:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                for fut in [pool.submit(job, start) for start in starts]:
-                    fut.result()
+    def done(start: int) -> None:
+        if bar is not None:
+            bar.update(min(s.batch, n - start))
+
+    try:
+        with _single_threaded_blas():
+            if workers <= 1 or len(starts) <= 1:
+                for start in starts:
+                    job(start)
+                    done(start)
+            else:
+                with ThreadPoolExecutor(max_workers=workers) as pool:
+                    futures = {pool.submit(job, start): start for start in starts}
+                    for fut in as_completed(futures):
+                        fut.result()
+                        done(futures[fut])
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _detect_block(block: np.ndarray, sel: np.ndarray | None, ox: Any, oy: Any,
@@ -706,6 +724,7 @@ def find_bragg_disks(
     max_num_peaks: int = 70,
     batch_size: int | None = None,
     workers: int | None = None,
+    progress: bool | None = None,
 ) -> xr.Dataset:
     """Find the Bragg disks of every diffraction pattern by template matching.
 
@@ -764,6 +783,11 @@ def find_bragg_disks(
     workers
         Threads for a numpy cube (default: all cores). A dask cube runs one thread per
         task and parallelizes over its scan chunks.
+    progress
+        Progress bar (tqdm) for a numpy cube: ``None`` shows it for more than 4096
+        patterns, ``True`` always, ``False`` never. A dask cube is computed later: use
+        dask's progress bar (``dask.diagnostics.ProgressBar``) or the distributed
+        dashboard.
 
     Returns
     -------
@@ -882,7 +906,9 @@ def find_bragg_disks(
         index = None if sel is None else np.flatnonzero(sel.reshape(-1))
         oxf = ox if np.ndim(ox) == 0 else np.broadcast_to(ox, (nrx, nry)).reshape(-1)
         oyf = oy if np.ndim(oy) == 0 else np.broadcast_to(oy, (nrx, nry)).reshape(-1)
-        _detect_stack(stack, index, settings, oxf, oyf, out, workers)
+        n_patterns = stack.shape[0] if index is None else index.size
+        show = n_patterns > _PROGRESS_PATTERNS if progress is None else bool(progress)
+        _detect_stack(stack, index, settings, oxf, oyf, out, workers, show)
         result = out.reshape(nrx, nry, max_num_peaks, _NFIELDS)
 
     xp = da if is_dask(result) else np

@@ -337,6 +337,15 @@ def test_peaks_dataset_format(clean, found):
         _validate_peaks(found.drop_vars("detector_qx"), "vectors")
 
 
+def test_progress_bar_counts_every_pattern(clean, flat, capsys):
+    with_bar = find_bragg_disks(clean[0], flat, progress=True, batch_size=5)
+    err = capsys.readouterr().err
+    assert "Bragg disks" in err and "64/64" in err  # 8 x 8 patterns in batches of 5
+    without = find_bragg_disks(clean[0], flat, batch_size=5)  # None: 64 is quick, no bar
+    assert "Bragg disks" not in capsys.readouterr().err
+    xr.testing.assert_identical(with_bar, without)
+
+
 def test_single_position_list_and_mask(clean, flat, found):
     cube = clean[0]
     one = find_bragg_disks(cube, flat, positions=(3, 5))
