@@ -197,6 +197,67 @@ def test_checkpoint_resume_continues_exactly(sim8, tmp_path):
     modes = straight["probe"]["probe"].values
     gram = np.einsum("mxy,nxy->mn", modes.conj(), modes)
     assert abs(gram[0, 1]) < 1e-4 * abs(gram[0, 0])
+    # a checkpoint of other settings, or beyond the last iteration, is refused
+    other = dict(base, seed=5)
+    with pytest.raises(ValueError, match="ck.npz was written with other settings.*seed"):
+        reconstruct(cube, other, progress=False, checkpoint=tmp_path / "ck.npz")
+    short = dict(base, solver=dict(base["solver"], iterations=1))
+    with pytest.raises(ValueError, match="at iteration 2, beyond solver.iterations = 1"):
+        reconstruct(cube, short, progress=False, checkpoint=tmp_path / "ck.npz")
+
+
+def test_restart_from_a_result_keeps_the_object_grid(sim16, recon16):
+    # the refined positions of a result may move below the first raster position; a
+    # restart must keep the result's object grid, not rebuild it from the positions
+    patterns, _ = sim16
+    moved = recon16.copy()
+    moved["positions"] = moved["positions"].to_dataset().assign(
+        positions=recon16["positions"]["positions"] - 0.3)  # Å, about one pixel
+    frozen = _params((16, 16), 1.0, 150.0, iterations=1)
+    frozen["solver"]["update"] = {name: {"learning_rate": 0.0} for name in
+                                  ("object_amplitude", "object_phase", "probe")}
+    again = reconstruct(patterns, frozen, init=recon16, progress=False)
+    shifted = reconstruct(patterns, frozen, init=moved, progress=False)
+    for out in (again, shifted):
+        np.testing.assert_array_equal(out["object"]["rx"].values,
+                                      recon16["object"]["rx"].values)
+    # the same object at the same place: the loss goes on from where the run ended ...
+    assert float(again["loss"]["loss"][0]) < 1.5 * float(recon16["loss"]["loss"][-1])
+    # ... and positions off by 0.3 Å against the same object fit worse
+    assert float(shifted["loss"]["loss"][0]) > 5 * float(again["loss"]["loss"][0])
+
+
+def test_object_modes_separate(sim8):
+    patterns, _ = sim8
+    params = _params((8, 8), 1.2, 100.0, iterations=5, batch_size=16)
+    params["object"] = {"modes": 2}
+    out = reconstruct(patterns, params, progress=False)
+    phase = out["object"]["phase"].values
+    # not identical copies: they start 1e-3 rad apart at most and grow apart (0.13 rad)
+    assert np.abs(phase[0] - phase[1]).max() > 0.03
+
+
+def test_measurements_must_agree_with_the_parameters(sim8):
+    patterns, _ = sim8  # 300 kV, 20 mrad, 1.2 Å steps
+    for section, field, value, match in (
+            ("probe", "beam_energy", 200e3, "carry beam_energy = 300000 eV but "
+                                           "probe.beam_energy = 200000 eV"),
+            ("probe", "convergence_semiangle", 25.0, "convergence_semiangle = 20 mrad but "
+                                                     "probe.convergence_semiangle = 25"),
+            ("scan", "step", 1.0, "step of 1.2, 1.2 Å but scan.step = 1, 1 Å")):
+        params = _params((8, 8), 1.2, 100.0, iterations=1)
+        params[section][field] = value
+        with pytest.raises(ValueError, match=match):
+            reconstruct(patterns, params, progress=False)
+    # a stack made by to_stack carries the scan step of its cube
+    from stem4d.ptycho.measurements import to_stack
+
+    cube = s4.datacube(patterns.values.reshape(8, 8, 32, 32), r_step=1.2, r_units="Å",
+                       q_step=float(patterns.qx[1] - patterns.qx[0]), q_units="1/Å",
+                       origin=(16, 16))
+    params = _params((8, 8), 1.5, 100.0, iterations=1)
+    with pytest.raises(ValueError, match="step of 1.2, 1.2 Å but scan.step = 1.5"):
+        reconstruct(to_stack(cube), params, progress=False)
 
 
 def test_poisson_loss_decreases(sim8):

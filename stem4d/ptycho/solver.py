@@ -74,6 +74,7 @@ def model_patterns(
         else:
             raise ValueError("measurements must have dims ('scan', 'qx', 'qy') or "
                              f"('rx', 'ry', 'qx', 'qy'), got {dims}")
+        _check_calibrations(measurements, params)
         rot = measurements.coords.get("scan_rotation")
         flip = measurements.coords.get("scan_flip")
         if (rot is not None and abs(float(rot)) > 1e-6) or (flip is not None and bool(flip)):
@@ -142,6 +143,51 @@ def model_patterns(
                          "coordinates of the measurements (1/Å or mrad) or set "
                          "detector.pixel_size")
     return data, float(dk)
+
+
+def _scan_step_of(meas: xr.DataArray) -> tuple[float, float] | None:
+    """Scan step (slow, fast) in Å that the measurements carry, or None."""
+    if "scan_step" in meas.attrs and "rx" not in meas.coords:  # stem4d.ptycho.simulate
+        step = float(meas.attrs["scan_step"])
+        return step, step
+    steps = []
+    for d in ("rx", "ry"):
+        c = meas.coords.get(d)
+        if c is None or c.attrs.get("units") not in ("Å", "A", "Angstrom"):
+            return None
+        if d in meas.dims:  # a cube: the axis coordinate
+            if c.size < 2:
+                return None
+            steps.append(float(c.values[1] - c.values[0]))
+        elif "step" in c.attrs:  # a stack made by to_stack
+            steps.append(float(c.attrs["step"]))
+        else:
+            return None
+    return steps[0], steps[1]
+
+
+def _check_calibrations(meas: xr.DataArray, params: PtychoParams) -> None:
+    """Refuse measurements whose own calibration disagrees with the parameters."""
+    checks = [("beam_energy", params.probe.beam_energy, "probe.beam_energy", "eV")]
+    if params.probe.source == "optics":
+        checks.append(("convergence_semiangle", params.probe.convergence_semiangle,
+                       "probe.convergence_semiangle", "mrad"))
+    for coord, given, field, units in checks:
+        if coord in meas.coords and meas.coords[coord].ndim == 0 and given is not None:
+            carried = float(meas.coords[coord])
+            if abs(carried - given) > 1e-3 * abs(given):
+                raise ValueError(
+                    f"the measurements carry {coord} = {carried:g} {units} but {field} = "
+                    f"{given:g} {units}: make them agree (stem4d.set_beam on the "
+                    f"measurements, or the parameter)")
+    step = _scan_step_of(meas)
+    if step is not None and params.scan.positions is None and params.scan.step is not None:
+        want = params.scan.step_pair()
+        if any(abs(a - b) > 1e-3 * abs(b) for a, b in zip(step, want, strict=True)):
+            raise ValueError(
+                f"the measurements' scan coordinates have a step of {step[0]:g}, {step[1]:g} Å "
+                f"but scan.step = {want[0]:g}, {want[1]:g} Å: make them agree "
+                "(stem4d.set_r_calibration on the measurements, or scan.step)")
 
 
 def affine_matrix(scale: float, asymmetry: float, rotation: float, shear: float) -> np.ndarray:
@@ -386,6 +432,41 @@ def _init_array(init: Any, key: str) -> np.ndarray | None:
     return None if value is None else np.asarray(value)
 
 
+def _check_resume(path: Any, ck: dict[str, Any], params: PtychoParams) -> None:
+    """Refuse a checkpoint written with other settings, or beyond the last iteration."""
+    import json
+
+    def settings(p: dict[str, Any]) -> dict[str, Any]:
+        p = {k: v for k, v in p.items() if k not in ("checkpoint", "output", "measurements")}
+        p["solver"] = {k: v for k, v in p["solver"].items() if k != "iterations"}
+        return p
+
+    before, now = settings(json.loads(ck["params"])), settings(json.loads(params.to_json()))
+    if before != now:
+        differ = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        raise ValueError(f"checkpoint {path} was written with other settings ({', '.join(differ)} "
+                         "differ): a run resumes exactly only with the same parameters "
+                         "(solver.iterations, checkpoint, output and the measurement file's "
+                         "name may change)")
+    if ck["iteration"] > params.solver.iterations:
+        raise ValueError(f"checkpoint {path} is at iteration {ck['iteration']}, beyond "
+                         f"solver.iterations = {params.solver.iterations}")
+
+
+def _init_grid(init: Any, dx: float) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """The object grid of a previous result given as ``init``: the object pixel (row,
+    column) of scan-frame position (0, 0) and the object shape; None for other inits."""
+    if not isinstance(init, xr.DataTree) or "object" not in init.children:
+        return None
+    obj = init["object"]
+    rx, ry = (np.asarray(obj[d].values, dtype=float) for d in ("rx", "ry"))
+    step = float(rx[1] - rx[0]) if rx.size > 1 else dx
+    if abs(step - dx) > 1e-6 * dx:
+        raise ValueError(f"init: the previous result's object has {step:.6g} Å pixels but "
+                         f"this run's are {dx:.6g} Å (another detector size or calibration)")
+    return np.array([np.rint(-rx[0] / dx), np.rint(-ry[0] / dx)]), (rx.size, ry.size)
+
+
 def _initial_tilts(params: PtychoParams, init: Any, n_scan: int) -> tuple[np.ndarray, str]:
     """Initial object tilts ``(1, 2)`` or ``(n_scan, 2)`` mrad and the model's tilt mode."""
     per_position = params.object.tilt_per_position
@@ -478,14 +559,25 @@ def reconstruct(
     elif pos_a.shape != (n_scan, 2):
         raise ValueError(f"init positions must have shape ({n_scan}, 2), got {pos_a.shape}")
     margin = params.object.margin
-    offset = margin + n // 2 - np.floor(pos_a.min(axis=0) / dx)  # pixel of scan-frame 0
+    grid = _init_grid(init, dx)
+    if grid is None:
+        offset = margin + n // 2 - np.floor(pos_a.min(axis=0) / dx)  # pixel of scan-frame 0
+    else:  # a previous result: keep its object grid, whatever the positions did
+        offset, init_shape = grid
     corners = pos_a / dx + offset - n // 2
     need = (int(np.ceil(corners[:, 0].max())) + n + margin,
             int(np.ceil(corners[:, 1].max())) + n + margin)
-    obj_shape = tuple(params.object.shape) if params.object.shape else need
+    if params.object.shape:
+        obj_shape = tuple(params.object.shape)
+    else:
+        obj_shape = need if grid is None else init_shape
     if obj_shape[0] < need[0] or obj_shape[1] < need[1]:
         raise ValueError(f"object.shape {obj_shape} is too small for the scan and probe "
                          f"window: needs at least {need} pixels")
+    if corners.min() < 0:
+        raise ValueError("the probe positions leave the object grid of the previous result "
+                         f"(a probe window starts at pixel {corners.min():.1f} < 0): start a "
+                         "new object or recentre the positions")
     n_om, n_sl = params.object.modes, params.object.slices
 
     # measurements scaled to a mean pattern sum of N^2, unshifted FFT order
@@ -522,6 +614,9 @@ def reconstruct(
     obj0 = _init_array(init, "object")
     if obj0 is None:
         obj0 = np.ones((n_om, n_sl, *obj_shape), dtype=complex)
+        if n_om > 1:  # identical modes get identical gradients and never separate
+            rng = np.random.default_rng([params.seed, 3])
+            obj0 = np.exp(1j * rng.uniform(0.0, 1e-3, obj0.shape))
     else:
         obj0 = np.asarray(obj0, dtype=complex)
         if obj0.ndim == 2:
@@ -565,6 +660,7 @@ def reconstruct(
                              "(optimizer or learning rates differ)")
         opt_state = jax.tree_util.tree_unflatten(treedef, [put(a) for a in ck["opt_leaves"]])
         start, losses = ck["iteration"], list(ck["loss"])
+        _check_resume(checkpoint, ck, params)
     targets_dev = put(targets)
     geometry = None
     if not spec.train_positions:  # positions fixed: shift ramps computed once, on the host
