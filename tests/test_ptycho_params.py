@@ -47,6 +47,8 @@ def test_dict_yaml_json_give_the_same_model(tmp_path):
     ("data", "match"),
     [
         (_with("probe", beam_energy=300), "beam_energy is in eV; 300.0 looks like kV"),
+        (_with("probe", convergence_semiangle=0.02), "in mrad; 0.02 looks like radians .did "
+                                                     "you mean 20 mrad"),
         (_with("probe", convergence_semiangle=None), "convergence_semiangle .mrad. is required"),
         (_with("probe", beam_energy=None), "beam_energy .eV. is required"),
         (_with("probe", modes=2, mode_powers=[0.8, 0.1]), "mode_powers must sum to 1"),

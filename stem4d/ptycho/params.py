@@ -133,6 +133,14 @@ class ProbeParams(_Model):
                 f"beam_energy is in eV; {v} looks like kV (did you mean {v * 1e3:g} eV?)")
         return v
 
+    @field_validator("convergence_semiangle")
+    @classmethod
+    def _angle_in_mrad(cls, v: float | None) -> float | None:
+        if v is not None and v < 0.1:
+            raise ValueError(f"convergence_semiangle is in mrad; {v} looks like radians "
+                             f"(did you mean {v * 1e3:g} mrad?)")
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> ProbeParams:
         if self.beam_energy is None:
