@@ -45,7 +45,8 @@ Origin from the vectors
 -----------------------
 :func:`origin_from_vectors` picks the unscattered beam among the peaks of every position
 (nearest to a guess, brightest, or best intensity-per-distance score) or, with a
-beamstop, takes the mean midpoint of the conjugate pairs ``(g, -g)`` about the guess. It
+beamstop, takes the mean midpoint of the conjugate pairs ``(g, -g)`` about the guess (which
+``"beamstop"`` requires: ``center_guess`` or an origin stored on the peaks). It
 returns the Dataset layout of :func:`stem4d.measure_origin` (``qx0``, ``qy0`` in
 detector pixels), ready for :func:`stem4d.fit_origin` and :func:`stem4d.apply_origin`.
 
@@ -393,8 +394,11 @@ def mask_peaks(peaks: xr.Dataset, *, mask_q: Any = None, mask_r: Any = None) -> 
 
     Returns
     -------
-    The peaks with the removed ones dropped: NaN-padded and sorted by decreasing
-    intensity again, ``count`` updated. Lazy for dask peaks.
+    The peaks with the removed ones dropped: sorted by decreasing intensity again,
+    ``count`` updated. Every per-peak variable over ``(rx, ry, peak)`` (``qx``, ``qy``,
+    ``intensity``, ``refinement_flag``, any other) is reordered with its peak and padded
+    with NaN (float), -1 (signed integers, the padding of ``refinement_flag``), 0
+    (unsigned) or False (bool). Lazy for dask peaks.
     """
     peaks = _raw_peaks(peaks)
     qmask = None if mask_q is None else _q_mask(mask_q, peaks)
@@ -405,18 +409,33 @@ def mask_peaks(peaks: xr.Dataset, *, mask_q: Any = None, mask_r: Any = None) -> 
     qx, qy, inten = (peaks[k].data for k in ("qx", "qy", "intensity"))
     keep_r = np.ones(qx.shape[:2] + (1,), bool) if rmask is None else rmask[..., None]
     args = [qx, qy, inten, _aligned(keep_r, qx)]
-    if isinstance(qx, da.Array):
+    lazy = isinstance(qx, da.Array)
+    if lazy:
         args = [a.rechunk(qx.chunks[:2] + (-1,)) if a.shape[2] > 1 else a for a in args]
-        out = da.map_blocks(_mask_block, *args, qmask=qmask, grid=grid, dtype=np.float64,
-                            chunks=args[0].chunks[:2] + ((qx.shape[2],), (4,)), new_axis=3,
-                            meta=np.array((), np.float64))
+        order = da.map_blocks(_mask_order, *args, qmask=qmask, grid=grid, dtype=np.int64,
+                              chunks=args[0].chunks[:2] + ((qx.shape[2],), (2,)),
+                              new_axis=3, meta=np.array((), np.int64))
     else:
-        out = _mask_block(*[np.asarray(a) for a in args], qmask=qmask, grid=grid)
+        order = _mask_order(*[np.asarray(a) for a in args], qmask=qmask, grid=grid)
+    index, kept = order[..., 0], order[..., 1]  # (rx, ry, peak) each
     result = peaks.copy()
-    for i, name in enumerate(("qx", "qy", "intensity")):
-        result[name] = xr.Variable(_PEAK_DIMS, out[..., i].astype(peaks[name].dtype),
-                                   peaks[name].attrs)
-    count = (out[..., 0, 3] if isinstance(out, da.Array) else out[..., 0, 3])
+    for name, var in peaks.variables.items():
+        if name in peaks.dims or set(var.dims) != set(_PEAK_DIMS):
+            continue
+        var = var.transpose(*_PEAK_DIMS)
+        data = var.data
+        if lazy:
+            data = da.asarray(data).rechunk(index.chunks)
+            data = da.map_blocks(_reorder, data, index, kept, fill=_padding(var.dtype),
+                                 dtype=var.dtype, meta=np.array((), var.dtype))
+        else:
+            data = _reorder(np.asarray(data), index, kept, fill=_padding(var.dtype))
+        new = xr.Variable(_PEAK_DIMS, data, var.attrs, var.encoding)
+        if name in peaks.coords:
+            result = result.assign_coords({name: new})
+        else:
+            result[name] = new
+    count = kept.sum(axis=-1)
     result["count"] = xr.Variable(SCAN_DIMS, count.astype(peaks["count"].dtype),
                                   peaks["count"].attrs)
     masks = [m for m, v in (("mask_q", mask_q), ("mask_r", mask_r)) if v is not None]
@@ -424,21 +443,40 @@ def mask_peaks(peaks: xr.Dataset, *, mask_q: Any = None, mask_r: Any = None) -> 
     return result
 
 
-def _mask_block(qx: np.ndarray, qy: np.ndarray, inten: np.ndarray, keep_r: np.ndarray, *,
+def _padding(dtype: np.dtype) -> Any:
+    """Padding value of a per-peak variable of this dtype (see :func:`mask_peaks`)."""
+    if np.issubdtype(dtype, np.bool_):
+        return False
+    if np.issubdtype(dtype, np.signedinteger):
+        return -1
+    if np.issubdtype(dtype, np.unsignedinteger):
+        return 0
+    if np.issubdtype(dtype, np.inexact):
+        return np.nan
+    if np.issubdtype(dtype, np.str_):
+        return ""
+    return None
+
+
+def _mask_order(qx: np.ndarray, qy: np.ndarray, inten: np.ndarray, keep_r: np.ndarray, *,
                 qmask: Any, grid: tuple) -> np.ndarray:
-    """Masked, re-sorted peaks of a block: ``(a, b, P, 4)`` with the count in ``[..., 0, 3]``."""
+    """``(a, b, P, 2)``: ``[..., 0]`` the peak order after masking (kept peaks by
+    decreasing intensity first), ``[..., 1]`` 1 where the reordered slot holds a kept peak."""
     keep = np.isfinite(qx) & np.isfinite(qy) & np.isfinite(inten) & keep_r.astype(bool)
     if qmask is not None:
         keep &= _q_mask_values(qmask, qx, qy, grid) > 0
     key = np.where(keep, -inten, np.inf)
     order = np.argsort(key, axis=-1, kind="stable")
-    out = np.full(qx.shape + (4,), np.nan)
-    for i, arr in enumerate((qx, qy, inten)):
-        vals = np.take_along_axis(np.where(keep, arr, np.nan), order, axis=-1)
-        out[..., i] = vals
-    out[..., 3] = 0.0
-    out[..., 0, 3] = keep.sum(axis=-1)
-    return out
+    kept = np.take_along_axis(keep, order, axis=-1)
+    return np.stack([order, kept], axis=-1).astype(np.int64)
+
+
+def _reorder(values: np.ndarray, index: np.ndarray, kept: np.ndarray, *, fill: Any
+             ) -> np.ndarray:
+    """``values`` (a, b, P) taken in the order ``index`` of :func:`_mask_order`; slots
+    without a kept peak (``kept == 0``) are ``fill``."""
+    out = np.take_along_axis(values, index, axis=-1)
+    return np.where(kept.astype(bool), out, np.asarray(fill, dtype=values.dtype))
 
 
 # ================================================================ Bragg vector map
@@ -677,6 +715,9 @@ def origin_from_vectors(
         or of ``(rx, ry)`` arrays. Default: the origin the peaks carry (per position
         when they have ``qx0``/``qy0``), else the maximum of the Bragg vector map smoothed
         by a 1-pixel Gaussian (which computes the map; persist dask peaks first).
+        ``"beamstop"`` has no map fallback (with the central beam blocked the map's
+        maximum is a diffracted spot): without a guess and without a stored origin it
+        raises a ValueError.
     max_distance
         ``"nearest"``/``"brightest"``/``"weighted"``: ignore peaks farther than this from
         the guess, pixels (NaN where none is left). ``"beamstop"`` uses ``radii``.
@@ -724,7 +765,7 @@ def origin_from_vectors(
         if len(ring) != 2 or not (0 <= ring[0] < ring[1]):
             raise ValueError(f"radii must satisfy 0 <= inner < outer (pixels), got {radii!r}")
     x0, sx, _, y0, sy, _, _ = _grid(peaks)
-    gx, gy = _origin_guess(peaks, center_guess)
+    gx, gy = _origin_guess(peaks, center_guess, method)
     qx, qy, inten = (peaks[k].data for k in ("qx", "qy", "intensity"))
     params = {"method": method, "map": (x0, sx, y0, sy), "max_distance": max_distance,
               "distance_scale": float(distance_scale), "ring": ring,
@@ -758,7 +799,8 @@ def origin_from_vectors(
     )
 
 
-def _origin_guess(peaks: xr.Dataset, center_guess: Any) -> tuple[np.ndarray, np.ndarray]:
+def _origin_guess(peaks: xr.Dataset, center_guess: Any, method: str = "nearest"
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Per-position guess of the origin, detector pixels, two ``(rx, ry)`` arrays."""
     shape = (peaks.sizes["rx"], peaks.sizes["ry"])
     x0, sx, y0, sy = _detector_map(peaks)
@@ -785,6 +827,16 @@ def _origin_guess(peaks: xr.Dataset, center_guess: Any) -> tuple[np.ndarray, np.
         gx = np.broadcast_to((np.asarray(getattr(ox, "values", ox)) - x0) / sx, shape)
         gy = np.broadcast_to((np.asarray(getattr(oy, "values", oy)) - y0) / sy, shape)
         return np.array(gx, dtype=float), np.array(gy, dtype=float)
+    if method == "beamstop":
+        # The map's maximum is a diffracted spot when the central beam is blocked, and a
+        # lattice is centrosymmetric about every half-lattice point, so no guess is safe.
+        raise ValueError(
+            "method='beamstop' needs a guess of the origin, but center_guess is None and "
+            "peaks carries no origin (q = 0 is the first detector pixel; no qx0/qy0): with "
+            "the central beam blocked, the maximum of the Bragg vector map (the other "
+            "methods' default guess) is a diffracted spot. Pass center_guess=(qx0, qy0) in "
+            "detector pixels (e.g. the beamstop's centre, within a quarter of the shortest "
+            "lattice vector), or set the origin on the cube before finding the peaks")
     from scipy import ndimage
 
     bvm = np.asarray(bragg_vector_map(peaks).values, dtype=float)

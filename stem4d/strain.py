@@ -50,7 +50,9 @@ origin error after the per-position origin was subtracted, instead of letting it
 ``g1`` and ``g2``. The normal equations of all positions are solved as one stack (the
 ``x`` and ``y`` components share the 3 x 3 design). A position with fewer than
 ``min_peaks`` indexed peaks, or whose indexed peaks are collinear in ``(h, k)``, is NaN
-and ``False`` in ``mask``: nothing is guessed. ``residual`` is the weighted RMS
+and ``False`` in ``mask``: nothing is guessed. When *no* position can be fitted
+(numpy input), that is an error, not an all-NaN map: almost always a basis or reference
+in other units or another frame than the vectors. ``residual`` is the weighted RMS
 distance of the indexed peaks from the fitted lattice (vector units), so a bad run is
 visible.
 
@@ -723,6 +725,34 @@ def index_peaks(vectors: xr.Dataset, g1: Any, g2: Any = None, *, tolerance: floa
 
 
 # ====================================================================== lattice fit
+def _no_fit_message(vectors: xr.Dataset | None, basis: np.ndarray, n_peaks: np.ndarray,
+                    min_peaks: int, what: str, units: str = "", frame: str = "") -> str:
+    """Why no position could be fitted: the basis lengths against the vectors' lengths
+    (``units``, ``frame``: those of a lattice fit when ``vectors`` is None)."""
+    if vectors is not None:
+        units, frame = _units(vectors), _frame_of(vectors)
+    g1, g2 = basis[:, 0], basis[:, 1]
+    nmax = int(np.max(n_peaks)) if np.size(n_peaks) else 0
+    msg = (f"no scan position could be fitted (all {np.size(n_peaks)} masked: at most "
+           f"{nmax} indexed peak(s) per position, min_peaks = {min_peaks}) with the basis "
+           f"{what}: g1 = {np.round(g1, 6).tolist()} (|g1| = {np.hypot(*g1):.4g}), g2 = "
+           f"{np.round(g2, 6).tolist()} (|g2| = {np.hypot(*g2):.4g})")
+    if vectors is not None:
+        vx, vy, _ = _vector_arrays(vectors)
+        length = np.hypot(np.asarray(vx, dtype=float), np.asarray(vy, dtype=float))
+        length = length[np.isfinite(length)]
+        if length.size == 0:
+            return msg + "; the vectors hold no peaks (all NaN)"
+        top = float(length.max())
+        nonzero = length[length > 1e-3 * top] if top > 0 else length
+        low = float(nonzero.min()) if nonzero.size else 0.0
+        msg += (f", while the vectors ({frame} frame) have non-zero lengths from {low:.4g} "
+                f"to {top:.4g} {units}")
+    return msg + (f". Wrong units or frame? Give the basis in the vectors' units ({units}) "
+                  f"and frame ({frame}), e.g. from choose_basis on the same peaks; or lower "
+                  "min_peaks / raise tolerance if too few peaks are indexed")
+
+
 def fit_lattice(
     vectors: xr.Dataset,
     g1: Any,
@@ -774,6 +804,14 @@ def fit_lattice(
     ``g1_basis``/``g2_basis`` (the indexing basis); scan coordinates carried; attrs
     ``stem4d_type = "lattice_fit"``, ``frame``, ``vector_units`` and the settings.
     Lazy (per scan chunk) for dask input.
+
+    Raises
+    ------
+    ValueError
+        numpy input where no position at all can be fitted (typically a basis in other
+        units or another frame than the vectors); the message gives the basis lengths and
+        the vectors' range. Single starved positions are NaN and masked, not an error;
+        dask input is not checked (the lazy result is then all NaN).
     """
     vectors = _fit_vectors(vectors, "vectors", frame, edge)
     basis = _basis_args(g1, g2, vectors)
@@ -797,6 +835,9 @@ def fit_lattice(
                             meta=np.array((), np.float64))
     else:
         out = _fit_block(np.asarray(vx), np.asarray(vy), np.asarray(w), params=params)
+        if not np.any(out[..., 8] > 0.5):
+            raise ValueError(_no_fit_message(vectors, basis, out[..., 6], int(min_peaks),
+                                             "(g1, g2)"))
     units = _units(vectors)
     vdims = ("rx", "ry", _COMPONENT)
     va = {"units": units}
@@ -969,7 +1010,8 @@ def strain_map(
         a pair ``(g1, g2)``. Not for a lattice fit.
     rotate_to
         Express the strain in axes turned by this angle (rad, from ``x`` towards ``y``):
-        ``e' = R^T e R``. ``None``: the frame's own axes.
+        ``e' = R^T e R``. ``None``: the frame's own axes. ``|rotate_to| > 2 pi`` is still
+        taken in rad but warns (``UserWarning``: degrees given by mistake?).
     frame
         ``"auto"`` (scan frame when the orientation is stored, else the detector frame
         with a warning), ``"scan"`` (orientation required) or ``"detector"``.
@@ -986,6 +1028,13 @@ def strain_map(
     ``g1_reference``, ``g2_reference`` over ``component``; scan coordinates carried;
     attrs ``stem4d_type = "strain_map"``, ``frame``, ``rotate_to``, ``reference``,
     ``decomposition``, ``convention``. Lazy for dask input.
+
+    Raises
+    ------
+    ValueError
+        numpy input where no position at all can be fitted, e.g. a ``basis`` or vector
+        ``reference`` in other units or another frame than the vectors (the message gives
+        their lengths and the vectors' range); see :func:`fit_lattice`.
     """
     if decomposition not in DECOMPOSITIONS:
         raise ValueError(f"decomposition must be one of {DECOMPOSITIONS}, got "
@@ -999,6 +1048,11 @@ def strain_map(
                             f"{rotate_to!r}") from None
         if not np.isfinite(alpha):
             raise ValueError(f"rotate_to must be finite (rad), got {rotate_to!r}")
+        if abs(alpha) > 2 * np.pi:
+            warnings.warn(
+                f"rotate_to = {alpha:.6g} is taken in RADIANS (|rotate_to| > 2 pi); if you "
+                f"meant degrees, pass rotate_to=np.radians({alpha:.6g}) = "
+                f"{np.radians(alpha):.6g}", UserWarning, stacklevel=2)
     if isinstance(peaks_or_lattice, xr.Dataset) and \
             peaks_or_lattice.attrs.get("stem4d_type") == LATTICE_TYPE:
         if basis is not None:
@@ -1013,9 +1067,11 @@ def strain_map(
             raise TypeError("peaks_or_lattice must be a peaks, vectors or lattice-fit "
                             f"Dataset, got {type(peaks_or_lattice).__name__}")
         vectors = _fit_vectors(peaks_or_lattice, "peaks_or_lattice", frame, edge)
+        basis_from_reference = False
         if basis is None:
             given = _given_reference(reference)
             basis = choose_basis(vectors) if given is None else (given[:, 0], given[:, 1])
+            basis_from_reference = given is not None
         if isinstance(basis, xr.Dataset):
             b1, b2 = basis, None
         else:
@@ -1024,8 +1080,24 @@ def strain_map(
             except (TypeError, ValueError):
                 raise TypeError("basis must be None, a choose_basis Dataset or a pair "
                                 f"(g1, g2), got {basis!r}") from None
-        lattice = fit_lattice(vectors, b1, b2, tolerance=tolerance, min_peaks=min_peaks,
-                              weights=weights, fit_origin=fit_origin)
+        try:
+            lattice = fit_lattice(vectors, b1, b2, tolerance=tolerance, min_peaks=min_peaks,
+                                  weights=weights, fit_origin=fit_origin)
+        except ValueError as err:
+            if basis_from_reference and "no scan position could be fitted" in str(err):
+                raise ValueError(f"reference (used as the indexing basis, as basis=None): "
+                                 f"{err}") from None
+            raise
+    if not isinstance(lattice["mask"].data, da.Array) and not bool(lattice["mask"].any()):
+        basis_mat = np.stack([np.asarray(lattice[n].values, dtype=float)
+                              for n in ("g1_basis", "g2_basis")], axis=1) \
+            if "g1_basis" in lattice and "g2_basis" in lattice else \
+            np.full((2, 2), np.nan)
+        n_peaks = lattice["n_peaks"].values if "n_peaks" in lattice else np.zeros(0)
+        raise ValueError("peaks_or_lattice (a lattice fit): " + _no_fit_message(
+            None, basis_mat, n_peaks, int(lattice.attrs.get("min_peaks", 0)),
+            "of the lattice fit", str(lattice.attrs.get("vector_units", "")),
+            str(lattice.attrs.get("frame", "detector"))))
     g1r, g2r, kind, region, mat = _reference(lattice, reference)
     loc1, loc2 = lattice["g1"], lattice["g2"]
     if mat is not None:  # local counterparts of the given reference vectors

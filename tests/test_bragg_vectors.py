@@ -358,6 +358,50 @@ def test_mask_peaks_removes_and_resorts(sim):
     xr.testing.assert_allclose(out_l.compute(), want)
 
 
+def test_mask_peaks_moves_every_per_peak_variable_with_its_peak(sim):
+    cube, truth, peaks, index = sim
+    # per-peak variables that differ from peak to peak: a flag (int8, -1 padding like
+    # find_bragg_disks' refinement_flag), the truth index (float, NaN padding), a bool
+    flag = np.where(index >= 0, index % 3, -1).astype(np.int8)
+    tagged = peaks.assign(
+        refinement_flag=(("rx", "ry", "peak"), flag),
+        truth_index=(("rx", "ry", "peak"), np.where(index >= 0, index, np.nan)),
+        odd=(("ry", "rx", "peak"), (index % 2 == 1).transpose(1, 0, 2)))
+    # keep the peaks beyond 0.25 1/Å: the central beam and the first shells go
+    keep_q = lambda x, y: np.hypot(x, y) > 0.25  # noqa: E731
+    out = mask_peaks(tagged, mask_q=keep_q)
+    qx, qy = out["qx"].values, out["qy"].values
+    kept = np.isfinite(qx)
+    removed = np.hypot(peaks["qx"].values, peaks["qy"].values) <= 0.25
+    np.testing.assert_array_equal(out["count"].values,
+                                  peaks["count"].values - removed.sum(-1))
+    assert removed.sum() > 3 * 7 * 8  # more than the central beam: a real reordering
+    np.testing.assert_array_equal(kept.sum(-1), out["count"].values)
+    assert out["refinement_flag"].dtype == np.int8
+    np.testing.assert_array_equal(out["refinement_flag"].values[~kept], -1)
+    assert int(((out["refinement_flag"] != -1) & out["qx"].isnull()).sum()) == 0
+    assert np.isnan(out["truth_index"].values[~kept]).all()
+    assert out["odd"].dims == ("rx", "ry", "peak") and not out["odd"].values[~kept].any()
+    # each kept peak carries the values it had before masking (matched by qx, qy)
+    before_qx, before_qy = peaks["qx"].values, peaks["qy"].values
+    for i, j, p in zip(*np.nonzero(kept), strict=True):
+        src = np.flatnonzero((before_qx[i, j] == qx[i, j, p]) & (before_qy[i, j] == qy[i, j, p]))
+        assert src.size == 1
+        assert out["refinement_flag"].values[i, j, p] == flag[i, j, src[0]]
+        assert out["truth_index"].values[i, j, p] == index[i, j, src[0]]
+        assert out["odd"].values[i, j, p] == (index[i, j, src[0]] % 2 == 1)
+    # and the truth index points at the truth disk at that position (1/Å -> pixels)
+    ti = np.where(kept, out["truth_index"].values, 0).astype(int)
+    want_qx = np.take_along_axis(truth["bragg_qx"].values, ti, -1)
+    got_qx = (qx - float(peaks["detector_qx"][0])) / PIX
+    np.testing.assert_allclose(got_qx[kept], want_qx[kept], atol=1e-4)
+    # dask: lazy, and the same values
+    lazy = tagged.chunk({"rx": 3})
+    out_l = mask_peaks(lazy, mask_q=keep_q)
+    assert isinstance(out_l["refinement_flag"].data, da.Array)
+    xr.testing.assert_identical(out_l.compute(), out)
+
+
 def test_vector_virtual_image_circle_and_annulus(sim):
     cube, truth, peaks, index = sim
     bf = vector_virtual_image(peaks, radius=3 * PIX)
@@ -438,6 +482,27 @@ def test_origin_from_vectors_beamstop_conjugate_pairs(sim, no_origin):
     out_l = origin_from_vectors(lazy, "beamstop", center_guess=(31.5, 31.5))
     assert isinstance(out_l["qx0"].data, da.Array)
     np.testing.assert_allclose(out_l["qx0"].values, ds["qx0"].values)
+
+
+def test_origin_from_vectors_beamstop_needs_a_guess(sim, no_origin):
+    cube, truth, _, _ = sim
+    bare = no_origin[0]
+    blocked, _ = peaks_from_truth(bare, truth, noise=0.01, drop_central=True)
+    # no guess, no origin on the peaks: the map's maximum would be a diffracted spot
+    with pytest.raises(ValueError, match=r"method='beamstop' needs a guess.*center_guess"):
+        origin_from_vectors(blocked, "beamstop")
+    # the per-position origin stored on the peaks is a guess
+    carried, _ = peaks_from_truth(cube, truth, noise=0.01, drop_central=True)
+    ds = origin_from_vectors(carried, "beamstop")
+    err = np.hypot(ds["qx0"] - truth["qx0"], ds["qy0"] - truth["qy0"]).values
+    assert err.max() < 0.1
+    # so is a mean origin alone, 1 px off the true mean (31.5, 31.5)
+    mean_only, _ = peaks_from_truth(s4.set_origin(cube, 32.5, 30.7), truth, noise=0.01,
+                                    drop_central=True)
+    assert "qx0" not in mean_only.coords
+    ds = origin_from_vectors(mean_only, "beamstop")
+    err = np.hypot(ds["qx0"] - truth["qx0"], ds["qy0"] - truth["qy0"]).values
+    assert err.max() < 0.1 and ds["quality"].min() >= 4
 
 
 def test_origin_from_vectors_fit_and_apply(sim, no_origin):

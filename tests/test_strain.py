@@ -7,6 +7,7 @@ zero on the first scan row (the unstrained reference lattice).
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import dask.array as da
@@ -248,6 +249,44 @@ def test_too_few_or_collinear_peaks_are_nan_and_masked():
     np.testing.assert_allclose(st["exx"].values[~bad], truth["exx"].values[~bad], atol=1e-12)
 
 
+def test_basis_in_the_wrong_units_raises_with_the_lengths():
+    # peaks in 1/Å, basis and reference in detector pixels: nothing can be indexed
+    cube, truth = sim(q_pixel_size=0.02)
+    peaks = detect(cube)
+    with pytest.raises(ValueError, match="no scan position could be fitted") as info:
+        fit_lattice(peaks, G1, G2)
+    msg = str(info.value)
+    assert "all 256 masked" in msg and "Wrong units or frame?" in msg
+    assert "|g1| = 15.3)" in msg and "|g2| = 15.04)" in msg  # the basis lengths, pixels
+    low, top = (float(v) for v in re.search(r"lengths from (\S+) to (\S+) 1/Å", msg).groups())
+    # the vectors span the shortest local lattice vector to the farthest disk kept
+    shortest = min(np.hypot(*np.moveaxis(truth[n].values, -1, 0)).min() for n in ("g1", "g2"))
+    assert abs(low - 0.02 * shortest) < 1e-3  # 0.2999 1/Å
+    bx, by = truth["bragg_qx"].values, truth["bragg_qy"].values
+    edge = peaks.attrs["template_radius"]
+    used = truth["bragg_inside"].values & (np.minimum(bx, by) >= edge) & (
+        np.maximum(bx, by) <= DET[0] - 1 - edge)
+    far = np.hypot(bx - truth["qx0"].values[..., None], by - truth["qy0"].values[..., None])
+    assert abs(top - 0.02 * far[used].max()) < 1e-3  # 1.126 1/Å
+    with pytest.raises(ValueError, match=r"^reference \(used as the indexing basis.*1/Å"):
+        strain_map(peaks, reference=[(9, 2), (-3, 10)])
+    # a lattice fit without any valid position is refused by strain_map too
+    ref = ref_scan(truth) * 0.02
+    lattice = fit_lattice(peaks, ref[:, 0], ref[:, 1])
+    empty = lattice.assign(mask=lattice["mask"] & False)
+    for reference in ("median", (ref[:, 0], ref[:, 1])):
+        with pytest.raises(ValueError, match="lattice fit.*no scan position could be fitted"):
+            strain_map(empty, reference=reference)
+    # too strict a min_peaks masks every position too: the message gives the best count
+    most = int(index_peaks(peaks, ref[:, 0], ref[:, 1])["indexed"].sum("peak").max())
+    with pytest.raises(ValueError, match=rf"at most {most} indexed peak.*min_peaks = 500"):
+        fit_lattice(peaks, ref[:, 0], ref[:, 1], min_peaks=500)
+    # dask input stays lazy (not checked): all positions masked once computed
+    lazy = fit_lattice(peaks.chunk({"rx": 8}), G1, G2)
+    assert isinstance(lazy["mask"].data, da.Array)
+    assert not lazy["mask"].values.any()
+
+
 # ============================================================== accuracy
 def test_noise_free_accuracy_default_pipeline():
     cube, truth = sim()
@@ -329,6 +368,23 @@ def test_rotate_to_follows_the_tensor_rules():
     np.testing.assert_allclose(turned["eyy"].values, e2[..., 1, 1], atol=1e-12)
     np.testing.assert_allclose(turned["exy"].values, e2[..., 0, 1], atol=1e-12)
     assert turned.attrs["rotate_to"] == alpha
+
+
+def test_rotate_to_in_degrees_warns():
+    cube, truth = sim()
+    ref = ref_scan(truth)
+    peaks = detect(cube)
+    with pytest.warns(UserWarning, match=r"RADIANS.*np.radians\(90\) = 1.5708"):
+        st = strain_map(peaks, reference=(ref[:, 0], ref[:, 1]), rotate_to=90)
+    assert st.attrs["rotate_to"] == 90.0  # still taken in rad, as documented
+    base = strain_map(peaks, reference=(ref[:, 0], ref[:, 1]))
+    r = s4.rotation_matrix(90.0)
+    e = np.stack([np.stack([base["exx"].values, base["exy"].values], -1),
+                  np.stack([base["exy"].values, base["eyy"].values], -1)], -2)
+    np.testing.assert_allclose(st["exx"].values, (r.T @ e @ r)[..., 0, 0], atol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # angles up to one turn are plausible radians
+        strain_map(peaks, reference=(ref[:, 0], ref[:, 1]), rotate_to=-6.0)
 
 
 def test_small_strain_decomposition_differs_at_second_order():
