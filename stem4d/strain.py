@@ -539,7 +539,9 @@ def choose_basis(
     brightest of those) and ``g2`` the shortest at least ``min_angle`` from ``g1``
     (likewise), with its sign chosen so ``(g1, g2)`` is right-handed
     (``g1_x g2_y - g1_y g2_x > 0``). The pair is then refined by intensity-weighted least
-    squares over every spot it indexes (within 0.2 of the shorter vector).
+    squares over every spot it indexes (within 0.2 of the shorter vector) and, from
+    peaks or vectors, over every vector it indexes (with an offset term), so it is the
+    scan's intensity-weighted mean lattice, free of the map's binning.
 
     Parameters
     ----------
@@ -589,14 +591,15 @@ def choose_basis(
     if not isinstance(peaks_or_bvm, xr.Dataset):
         raise TypeError("peaks_or_bvm must be a peaks/vectors Dataset or a (qx, qy) Bragg "
                         f"vector map DataArray, got {type(peaks_or_bvm).__name__}")
-    vectors = _fit_vectors(peaks_or_bvm, "peaks_or_bvm", frame)
+    vectors = _fit_vectors(peaks_or_bvm, "peaks_or_bvm", frame, "auto")  # no edge disks
     fr, units = _frame_of(vectors), _units(vectors)
     if g1 is not None:
         return _basis_dataset(_basis_matrix(g1, g2), fr, units, "given")
     vx, vy, w = _vector_arrays(vectors)
     if isinstance(vx, da.Array):
         vx, vy, w = dask.compute(vx, vy, w)
-    vx, vy, w = (np.asarray(a, dtype=np.float64).ravel() for a in (vx, vy, w))
+    per_position = tuple(np.asarray(a, dtype=np.float64) for a in (vx, vy, w))
+    vx, vy, w = (a.ravel() for a in per_position)
     ok = np.isfinite(vx) & np.isfinite(vy) & np.isfinite(w) & (w > 0)
     vx, vy, w = vx[ok], vy[ok], w[ok]
     if vx.size == 0:
@@ -609,8 +612,31 @@ def choose_basis(
     step = 2 * half / (nbins - 1)
     centres = -half + step * np.arange(nbins)
     hist = _deposit(vx, vy, w, -half, step, nbins)
-    return _basis_from_spots(*_find_spots(hist, centres, centres, min_rel, int(max_spots)),
-                             indices, min_angle, fr, units)
+    found = _basis_from_spots(*_find_spots(hist, centres, centres, min_rel, int(max_spots)),
+                              indices, min_angle, fr, units)
+    # the map's spot centroids are binned: refine the pair on the vectors themselves
+    basis = _refine_on_vectors(np.stack([found["g1"].values, found["g2"].values], axis=1),
+                               *per_position)
+    found["g1"].values[:], found["g2"].values[:] = basis[:, 0], basis[:, 1]
+    return found
+
+
+def _refine_on_vectors(basis: np.ndarray, vx: np.ndarray, vy: np.ndarray, w: np.ndarray
+                       ) -> np.ndarray:
+    """Intensity-weighted least squares of ``v = h g1 + k g2 + c`` over every vector
+    ``(rx, ry, peak)`` indexed within 0.2 |g|min (``c`` absorbs a residual origin
+    offset); the basis is returned unchanged when the indexed vectors do not span the
+    plane."""
+    tol = 0.2 * min(np.hypot(*basis[:, 0]), np.hypot(*basis[:, 1]))
+    h, k, ok = _index_block(vx, vy, w, basis=basis, tol=tol)
+    h, k = h[ok], k[ok]
+    design = np.stack([h, k, np.ones_like(h)], axis=1)
+    if design.shape[0] < 3 or np.linalg.matrix_rank(design[:, :2]) < 2:
+        return basis
+    sw = np.sqrt(w[ok])
+    sol, *_ = np.linalg.lstsq(design * sw[:, None],
+                              np.stack([vx[ok], vy[ok]], axis=1) * sw[:, None], rcond=None)
+    return sol[:2].T
 
 
 def _basis_from_bvm(bvm: xr.DataArray, g1: Any, g2: Any, indices: Any, frame: str,

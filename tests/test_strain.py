@@ -137,6 +137,23 @@ def test_choose_basis_spans_the_true_lattice():
     assert np.isfinite(basis["spot_h"].values).sum() >= 9
 
 
+def test_choose_basis_is_the_mean_lattice_of_an_unstrained_scan():
+    # no strain: the chosen basis is the lattice itself (disks cut by the detector edge,
+    # whose fitted centres are biased, are left out, as in fit_lattice), so a reference
+    # 2 % longer reads as exactly 2 % tensile strain
+    cube, _ = simulate.crystal((6, 6), DET, g1=G1, g2=G2, disk_radius=RADIUS, seed=5,
+                               origin_drift=(0.05, 0.02, -0.02, 0.04))
+    peaks = detect(set_orientation(cube, 0.0, False))
+    basis = choose_basis(peaks)
+    found = np.stack([basis["g1"].values, basis["g2"].values], 1)
+    median = strain_map(peaks)
+    fitted = np.stack([median["g1_reference"].values, median["g2_reference"].values], 1)
+    np.testing.assert_allclose(found, fitted, atol=1e-4)  # pixels (measured 1e-6)
+    longer = strain_map(peaks, reference=(1.02 * found[:, 0], 1.02 * found[:, 1]))
+    for name, value in (("exx", 0.02), ("eyy", 0.02), ("exy", 0.0), ("theta", 0.0)):
+        np.testing.assert_allclose(longer[name].values, value, atol=2e-5)
+
+
 def test_choose_basis_overrides_and_bvm():
     cube, truth = sim()
     peaks = detect(cube)
