@@ -24,13 +24,19 @@ Conventions
 * Other coordinates along a binned dim are block-averaged when numeric and dropped
   otherwise; non-index coordinates along qx/qy are dropped by :func:`pad_q` and
   :func:`resample_q`. 0-d coordinates (``beam_energy`` …), attrs and name are kept.
-* An axis reduced to a single pixel keeps its step in ``coords[dim].attrs["step"]``.
+* **Steps.** Every axis a function returns carries its spacing in
+  ``coords[dim].attrs["step"]`` (binning/thinning multiply it, resampling divides it,
+  cropping/padding keep it), so an axis later reduced to a single pixel (``isel``)
+  still reports the right pixel size through :func:`stem4d.r_pixel_size` /
+  :func:`stem4d.q_pixel_size`.
 * **Output dtypes of binning** (``dtype=None``): float input stays float with at least
   32 bits (float16/float32 → float32, float64 → float64); ``reduce="sum"`` of integer
   (or bool) input gives the narrowest integer of the same signedness, at least 32
   bits and never narrower than the input, that cannot overflow (uint16 binned by 2 →
   uint32), float64 if none can; ``reduce="mean"`` of integers gives float32 (≤ 16-bit
-  input) or float64.
+  input) or float64. An explicit integer ``dtype`` is checked, never wrapped: binned
+  values outside its range raise a ValueError (for dask input when the chunk is
+  computed).
 * **Hot pixels** (:func:`filter_hot_pixels`): a pixel of the mean pattern is compared
   with a reference taken from its 8 neighbours (the ``ind_compare``-th brightest), and
   the excess is a robust z-score (local median absolute deviation of the residual map,
@@ -39,6 +45,8 @@ Conventions
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -73,6 +81,7 @@ _PAD_MODES = (
     "constant", "edge", "linear_ramp", "maximum", "mean", "median", "minimum",
     "reflect", "symmetric", "wrap",
 )
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep  # stem4d/
 _BATCH_BYTES = 64 * 2**20  # output bytes per batch of patterns for numpy input
 _HOT_WINDOW = 7  # side of the window of the local residual statistics (hot pixels)
 _MAD_TO_SIGMA = 1.482602218505602  # 1 / Phi^-1(3/4): MAD -> std for Gaussian noise
@@ -172,6 +181,16 @@ def _index_range(value: Any, n: int, argname: str, dim: str) -> slice:
     return slice(start, stop)
 
 
+def _as_dtype(dtype: Any) -> np.dtype:
+    try:
+        out = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be a numpy dtype or None, got {dtype!r}") from None
+    if out.kind not in "biufc":
+        raise TypeError(f"dtype must be a numeric or bool dtype, got {out}")
+    return out
+
+
 def _check_reduce(reduce: Any) -> str:
     if reduce not in ("sum", "mean"):
         raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
@@ -253,9 +272,35 @@ def _block_reduce(
     a = a.reshape(s[:ax] + (s[ax] // fx, fx, s[ax + 1] // fy, fy) + s[ax + 2:])
     red = (ax + 1, ax + 3)
     res = a.sum(axis=red, dtype=acc) if reduce == "sum" else a.mean(axis=red, dtype=acc)
-    if res.dtype.kind in "fc" and out.kind in "iub":
-        res = np.rint(res)
+    if out.kind in "iub" and res.dtype != out:
+        if res.dtype.kind in "fc":
+            res = np.rint(res)
+        if not (res.dtype.kind in "iu" and np.can_cast(res.dtype, out, "safe")):
+            _check_fits(res, out)
     return res.astype(out, copy=False)
+
+
+def _check_fits(values: np.ndarray, out: np.dtype) -> None:
+    """Raise a ValueError when integer (or bool) dtype ``out`` cannot hold ``values``."""
+    if values.size == 0:
+        return
+    lo, hi = (0, 1) if out.kind == "b" else (np.iinfo(out).min, np.iinfo(out).max)
+    if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+        found = "include NaN or infinity"
+    else:
+        vmin, vmax = values.min().item(), values.max().item()
+        if lo <= vmin and vmax <= hi:
+            return
+        found = f"range from {_fmt_number(vmin)} to {_fmt_number(vmax)}"
+    raise ValueError(
+        f"dtype={out} cannot hold the binned values: they {found}, but {out} holds "
+        f"{lo} to {hi}; pass a wider dtype or dtype=None (the default never overflows)"
+    )
+
+
+def _fmt_number(value: float) -> str:
+    """An integral number without a decimal point, anything else with 6 digits."""
+    return str(int(value)) if float(value).is_integer() else f"{value:.6g}"
 
 
 def _fourier_resample_axis(
@@ -426,13 +471,25 @@ def _hot_pixel_mask(dp: np.ndarray, threshold: float, ind_compare: int) -> np.nd
     return finite & ((filled - local_med) > threshold * sigma)
 
 
+def _warn_user(message: str) -> None:
+    """``warnings.warn(message, UserWarning)`` attributed to the user's line of code: the
+    first caller outside the stem4d package (so also through the ``.stem`` accessor)."""
+    frame, level = sys._getframe(1), 2  # stacklevel 2 = the caller of this function
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(
+            _PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
+
+
 # ============================================================ coordinate helpers
 def _coord_with_step(var: xr.Variable, step: float) -> xr.Variable:
-    """``var`` with ``attrs["step"]`` when it has a single value (so the step survives)."""
-    if var.size != 1:
-        return var
+    """``var`` with ``attrs["step"] = step`` (the axis spacing, same units as ``var``).
+
+    Set on every axis a function returns, whatever its length, so a stale step copied
+    from the input never survives (it is what a later single-element selection reads).
+    """
     attrs = dict(var.attrs, step=float(step))
-    return xr.Variable(var.dims, var.values, attrs=attrs)
+    return xr.Variable(var.dims, var.data, attrs=attrs)
 
 
 def _coarsened_coords(
@@ -481,14 +538,14 @@ def _new_cube(cube: xr.DataArray, data: Any, coords: dict[str, xr.Variable]) -> 
 def _isel_keep_steps(
     cube: xr.DataArray, sel: dict[str, slice], step_factor: dict[str, int]
 ) -> xr.DataArray:
-    """``cube.isel(sel)``, keeping the step of any axis left with a single value."""
+    """``cube.isel(sel)`` with ``attrs["step"]`` of each selected axis set to its new
+    spacing (the old one times ``step_factor[dim]``, default 1), also for a single value."""
     out = cube.isel(sel)
     fixes = {}
     for dim in sel:
-        if out.sizes[dim] == 1:
-            step = _axis_step(cube, dim) * step_factor.get(dim, 1)
-            fixes[dim] = _coord_with_step(out.coords[dim].variable, step)
-    return out.assign_coords(fixes) if fixes else out
+        step = _axis_step(cube, dim) * step_factor.get(dim, 1)
+        fixes[dim] = _coord_with_step(out.coords[dim].variable, step)
+    return out.assign_coords(fixes)
 
 
 # ================================================================= public: binning
@@ -513,7 +570,10 @@ def bin_q(
     dtype
         Output dtype. Default: float input → float32 (float64 stays float64); integer
         sums → the narrowest ≥32-bit integer that cannot overflow (uint16 → uint32);
-        integer means → float32 (≤16-bit input) or float64.
+        integer means → float32 (≤16-bit input) or float64. An explicit integer (or
+        bool) dtype never wraps around: values are rounded, and a ValueError naming
+        both ranges is raised if they do not fit; for dask input each chunk is checked
+        when it is computed, so the error comes at compute time.
 
     Returns
     -------
@@ -547,7 +607,9 @@ def bin_r(
     reduce
         ``"mean"`` (default: patterns keep their dose per position) or ``"sum"``.
     dtype
-        Output dtype; default as for :func:`bin_q` (integer means → float).
+        Output dtype; default and overflow check as for :func:`bin_q` (integer
+        means → float; values that do not fit an explicit integer dtype raise a
+        ValueError, at compute time for dask input).
 
     Returns
     -------
@@ -568,7 +630,11 @@ def _bin(
     data = cube.data
     in_dtype = np.dtype(data.dtype)
     default = _bin_dtype(in_dtype, reduce, factors[0] * factors[1])
-    out_dtype = default if dtype is None else np.dtype(dtype)
+    out_dtype = default if dtype is None else _as_dtype(dtype)
+    if in_dtype.kind == "c" and out_dtype.kind != "c":
+        raise TypeError(
+            f"dtype must be a complex dtype (or None) to bin complex data, got {dtype!r}"
+        )
     acc = out_dtype if out_dtype.kind in "fc" else default
     axes = (CUBE_DIMS.index(dims[0]), CUBE_DIMS.index(dims[1]))
     trim = [slice(None)] * 4
@@ -852,15 +918,26 @@ def median_filter_masked_pixels(
     A masked pixel with no such neighbour is left unchanged (with a warning).
     """
     validate_cube(cube)
+    width = _check_kernel_width(kernel_width)
+    return _median_filter(cube, _as_detector_mask(cube, mask), width, "masked")
+
+
+def _check_kernel_width(kernel_width: Any) -> int:
     if not _is_int(kernel_width) or kernel_width < 3 or kernel_width % 2 == 0:
         raise ValueError(f"kernel_width must be an odd int >= 3, got {kernel_width!r}")
-    bad = _as_detector_mask(cube, mask)
-    groups, lonely = _masked_median_plan(bad, int(kernel_width))
+    return int(kernel_width)
+
+
+def _median_filter(
+    cube: xr.DataArray, bad: np.ndarray, kernel_width: int, what: str
+) -> xr.DataArray:
+    """Median-fill the ``bad`` detector pixels (``what`` names them in the warning)."""
+    groups, lonely = _masked_median_plan(bad, kernel_width)
     if lonely:
-        warnings.warn(
-            f"{lonely} masked pixel(s) have no unmasked neighbour within kernel_width="
-            f"{kernel_width} and are left unchanged; use a larger kernel_width",
-            UserWarning, stacklevel=2,
+        _warn_user(
+            f"{lonely} {what} pixel(s) have no usable neighbour (inside the detector and "
+            f"not {what}) within kernel_width={kernel_width} and are left unchanged; "
+            f"pass a larger kernel_width (e.g. kernel_width={kernel_width + 2})"
         )
     if not groups:
         return cube.copy(deep=False)
@@ -879,6 +956,7 @@ def filter_hot_pixels(
     threshold: float,
     *,
     ind_compare: int = 1,
+    kernel_width: int = 3,
     return_mask: bool = False,
 ) -> xr.DataArray | tuple[xr.DataArray, xr.DataArray]:
     """Find hot (too bright) detector pixels in the mean pattern and repair them.
@@ -896,11 +974,10 @@ def filter_hot_pixels(
        in noise-free data, ``1.2533 * mean(|r - median(r)|)``);
     3. a pixel is hot where ``r - r_loc > threshold * sigma``.
 
-    So ``threshold`` is a robust z-score, independent of the intensity scale (8-20
-    suits counted data). A bright feature narrower than 2 pixels in the *mean* pattern
-    looks like a hot pixel; raise ``ind_compare`` or ``threshold`` for such data.
-    Hot pixels are replaced in every pattern as in :func:`median_filter_masked_pixels`
-    with a 3 x 3 window (median of the neighbours, excluding itself and other hot
+    A bright feature narrower than 2 pixels in the *mean* pattern looks like a hot
+    pixel; raise ``ind_compare`` or ``threshold`` for such data. Hot pixels are
+    replaced in every pattern as in :func:`median_filter_masked_pixels` (median of
+    the ``kernel_width x kernel_width`` neighbours, excluding itself and other hot
     pixels).
 
     Parameters
@@ -908,9 +985,16 @@ def filter_hot_pixels(
     cube
         Datacube ``(rx, ry, qx, qy)``, numpy- or dask-backed.
     threshold
-        Detection threshold, in units of ``sigma`` above the typical residual (> 0).
+        A robust z-score (> 0), in units of the local robust spread ``sigma``: a pixel
+        is hot when its excess over its neighbours is more than ``threshold * sigma``
+        above the typical excess, whatever the intensity scale. It is *not* py4DSTEM's
+        ``thresh`` (an intensity excess in the mean pattern's units). Typical: 8-20.
     ind_compare
         Which neighbour is the reference: 0 (brightest) to 7 (dimmest).
+    kernel_width
+        Odd width ≥ 3 of the square window whose other, not-hot pixels give the
+        replacement median, in detector pixels (detection always uses the 8
+        neighbours). Widen it if a warning reports hot pixels with no usable neighbour.
     return_mask
         Also return the hot-pixel mask.
 
@@ -935,11 +1019,12 @@ def filter_hot_pixels(
             f"ind_compare must be an int from 0 (brightest neighbour) to 7, "
             f"got {ind_compare!r}"
         )
+    width = _check_kernel_width(kernel_width)
     dp_mean = cube.mean(SCAN_DIMS, dtype=np.float64).data
     if is_dask(dp_mean):
         dp_mean = dp_mean.compute()
     hot = _hot_pixel_mask(np.asarray(dp_mean), thr, int(ind_compare))
-    out = median_filter_masked_pixels(cube, hot, kernel_width=3)
+    out = _median_filter(cube, hot, width, "hot")
     if not return_mask:
         return out
     mask = xr.DataArray(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import dask
 import dask.array as da
 import numpy as np
@@ -107,6 +109,44 @@ def test_bin_q_explicit_dtype():
     assert np.all(out.values == 3)
 
 
+@pytest.mark.parametrize(
+    ("data", "kwargs", "match"),
+    [
+        (np.full((1, 1, 4, 4), 60000, np.uint16), {"dtype": "uint16"},
+         r"dtype=uint16 cannot hold.*range from 240000 to 240000.*uint16 holds 0 to 65535"),
+        (np.full((1, 1, 4, 4), 60000, np.uint16), {"reduce": "mean", "dtype": "uint8"},
+         r"dtype=uint8 cannot hold.*range from 60000 to 60000.*uint8 holds 0 to 255"),
+        (np.full((1, 1, 4, 4), -100, np.int16), {"dtype": np.int8},
+         r"dtype=int8 .*range from -400 to -400.*int8 holds -128 to 127"),
+        (np.full((1, 1, 4, 4), 100, np.int16), {"dtype": np.uint8},
+         r"dtype=uint8 .*range from 400 to 400.*uint8 holds 0 to 255"),
+        (np.array([np.nan, 1, 1, 1] * 4, np.float32).reshape(1, 1, 4, 4),
+         {"dtype": np.int32}, r"dtype=int32 cannot hold.*include NaN or infinity"),
+    ],
+)
+def test_bin_q_explicit_integer_dtype_refuses_to_wrap(data, kwargs, match):
+    cube = make_cube(data)
+    with pytest.raises(ValueError, match=match):
+        s4.bin_q(cube, 2, **kwargs)
+    with dask.config.set(scheduler=_refuse_compute):
+        lazy = s4.bin_q(cube.chunk({"qx": 2}), 2, **kwargs)  # checked only when computed
+    with pytest.raises(ValueError, match=match):
+        lazy.compute()
+
+
+def test_bin_explicit_integer_dtype_that_fits():
+    cube = make_cube(np.full((2, 2, 4, 4), 60000, np.uint16))
+    np.testing.assert_array_equal(s4.bin_q(cube, 2, dtype=np.int32).values, 240000)
+    np.testing.assert_array_equal(s4.bin_q(cube, 2, reduce="mean", dtype="uint16").values,
+                                  60000)
+    # dask, along the scan: 2 x 2 positions of 60000 each
+    lazy = s4.bin_r(cube.chunk({"rx": 1}), 2, reduce="sum", dtype=np.int32)
+    np.testing.assert_array_equal(lazy.values, 240000)
+    small = make_cube(np.array([1, 2, 2, 2] * 4, np.uint8).reshape(1, 1, 4, 4))
+    np.testing.assert_array_equal(  # means 1.5 (rounds to even: 2) and 2.0
+        s4.bin_q(small, 2, reduce="mean", dtype=np.uint8).values, [[[[2, 2], [2, 2]]]])
+
+
 def test_bin_q_keeps_feature_at_same_q(cube):
     # origin at pixel (4.5, 4.0); a bright pair on pixels (4, 4) and (5, 4)
     data = np.zeros((1, 1, 10, 9), dtype=np.float32)
@@ -169,6 +209,43 @@ def test_bin_r_mean_and_coords(per_position_cube):
     assert_calibration_kept(out, c)
     summed = s4.bin_r(c, 2, reduce="sum")
     np.testing.assert_allclose(summed.values[0, 0], c.values[:2, :2].sum((0, 1)), rtol=1e-6)
+
+
+# ------------------------------------------------------------ steps of every axis
+# cube fixture: scan step 2 Å, detector step 0.1 1/Å, shape (4, 6, 10, 9)
+STEP_CASES = [
+    ("bin_q", lambda c: s4.bin_q(c, (2, 3)), (2.0, 2.0, 0.2, 0.3)),
+    ("bin_r", lambda c: s4.bin_r(c, (2, 3)), (4.0, 6.0, 0.1, 0.1)),
+    ("resample_fourier", lambda c: s4.resample_q(c, output_size=(20, 12)),
+     (2.0, 2.0, 0.05, 0.075)),
+    ("resample_bilinear", lambda c: s4.resample_q(c, factor=0.5, method="bilinear"),
+     (2.0, 2.0, 0.2, 0.225)),  # (10, 9) -> (5, 4)
+    ("thin_r", lambda c: s4.thin_r(c, (2, 3)), (4.0, 6.0, 0.1, 0.1)),
+    ("crop_q", lambda c: s4.crop_q(c, (1, 7), (2, 9)), (2.0, 2.0, 0.1, 0.1)),
+    ("crop_r", lambda c: s4.crop_r(c, (1, 4), (0, 3)), (2.0, 2.0, 0.1, 0.1)),
+    ("pad_q", lambda c: s4.pad_q(c, output_size=(13, 12)), (2.0, 2.0, 0.1, 0.1)),
+]
+
+
+@pytest.mark.parametrize(("name", "func", "steps"), STEP_CASES, ids=[n for n, *_ in STEP_CASES])
+def test_step_attr_is_the_new_spacing(cube, name, func, steps):
+    out = func(cube)
+    for dim, step in zip(("rx", "ry", "qx", "qy"), steps, strict=True):
+        coord = out.coords[dim]
+        assert coord.attrs["step"] == pytest.approx(step, rel=1e-12), dim
+        assert float(coord[1] - coord[0]) == pytest.approx(step, rel=1e-12), dim
+    # a single row/column of the result still reports the right pixel sizes
+    one = out.isel(rx=[1], ry=[0], qx=[1], qy=[0])
+    assert s4.r_pixel_size(one) == (pytest.approx(steps[0]), pytest.approx(steps[1]), "Å")
+    assert s4.q_pixel_size(one) == (pytest.approx(steps[2]), pytest.approx(steps[3]), "1/Å")
+
+
+def test_binned_line_scan_keeps_its_step_through_a_file(cube, tmp_path):
+    line = s4.bin_r(cube, 2).isel(rx=[1])
+    assert s4.calibration_summary(line)["rx step"] == "4 Å"
+    s4.save(line, tmp_path / "line.nc")
+    back = s4.open(tmp_path / "line.nc")
+    assert s4.r_pixel_size(back)[:2] == (pytest.approx(4.0), pytest.approx(4.0))
 
 
 # ------------------------------------------------------------------ crop / thin
@@ -358,9 +435,38 @@ def test_median_filter_warns_on_isolated_pixels():
     c = make_cube(np.ones((1, 1, 5, 5), dtype=np.float32))
     mask = np.zeros((5, 5), dtype=bool)
     mask[1:4, 1:4] = True
-    with pytest.warns(UserWarning, match="no unmasked neighbour"):
+    with pytest.warns(UserWarning, match="no usable neighbour") as record:
         out = s4.median_filter_masked_pixels(c, mask)
+    assert record[0].filename == __file__  # points at the user's call
+    assert "1 masked pixel(s)" in str(record[0].message)
     assert np.all(out.values == 1)
+
+
+def _hot_block_cube() -> xr.DataArray:
+    """Flat 1 with a 3x3 block of 500 around a 2000 pixel at (5, 5): with ind_compare=7
+    (dimmest neighbour) all 9 block pixels are hot, the centre has no usable neighbour."""
+    data = np.ones((2, 2, 12, 12), dtype=np.float32)
+    data[:, :, 4:7, 4:7] = 500
+    data[:, :, 5, 5] = 2000
+    return make_cube(data)
+
+
+def test_filter_hot_pixels_warning_names_its_argument_and_the_callers_line():
+    c = _hot_block_cube()
+    with pytest.warns(UserWarning, match=r"1 hot pixel\(s\).*kernel_width=3.*kernel_width=5"
+                      ) as record:
+        out, mask = s4.filter_hot_pixels(c, 10, ind_compare=7, return_mask=True)
+    assert record[0].filename == __file__
+    assert mask.values.sum() == 9 and mask.values[4:7, 4:7].all()
+    assert np.all(out.values[:, :, 5, 5] == 2000)  # left unchanged
+    np.testing.assert_array_equal(out.values[:, :, 4, 4], 1)  # has background neighbours
+    with pytest.warns(UserWarning, match="kernel_width=3") as record:
+        c.stem.filter_hot_pixels(10, ind_compare=7)  # through the accessor too
+    assert record[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wide = s4.filter_hot_pixels(c, 10, ind_compare=7, kernel_width=5)
+    np.testing.assert_array_equal(wide.values, np.ones((2, 2, 12, 12)))
 
 
 # ---------------------------------------------------------------- numpy vs dask
@@ -461,6 +567,9 @@ def test_accessor_and_no_mutation(cube):
                                                   kernel_width=4), ValueError, "kernel_width"),
         (lambda c: s4.filter_hot_pixels(c, -1), ValueError, "threshold"),
         (lambda c: s4.filter_hot_pixels(c, 5, ind_compare=8), ValueError, "ind_compare"),
+        (lambda c: s4.filter_hot_pixels(c, 5, kernel_width=4), ValueError,
+         r"kernel_width must be an odd int >= 3, got 4"),
+        (lambda c: s4.bin_q(c, 2, dtype="nope"), TypeError, "dtype must be a numpy dtype"),
         (lambda c: s4.bin_q(c.values, 2), TypeError, "cube must be an xarray.DataArray"),
         (lambda c: s4.crop_q(c.transpose("qx", "qy", "rx", "ry"), None, None), ValueError,
          "cube must have dims"),
