@@ -188,6 +188,66 @@ def _ring_jacobian(p: np.ndarray, x: np.ndarray, y: np.ndarray, v: np.ndarray) -
     return jac
 
 
+_MIN_RING_SNR = 5.0  # fit_ellipse: ring amplitude / its standard error, at least
+
+
+def _amplitude_snr(res: optimize.OptimizeResult) -> float:
+    """Fitted ring amplitude over its standard error (from the Jacobian at the solution).
+
+    ``inf`` for a noise-free fit (zero residual), 0 when the amplitude is not determined.
+    """
+    jac, n = np.asarray(res.jac, dtype=float), res.fun.size
+    sigma2 = float(res.fun @ res.fun) / max(n - jac.shape[1], 1)
+    var = float(np.linalg.pinv(jac.T @ jac)[6, 6]) * sigma2
+    amp = float(res.x[6])
+    if not var > 0:
+        return np.inf if amp != 0 and sigma2 == 0 else 0.0
+    return amp / np.sqrt(var)
+
+
+def _check_ring_in_annulus(a: float, b: float, width: float, amplitude: float, snr: float,
+                           offset: float, annulus: tuple[float, float], radii: Sequence[float],
+                           pixels: bool, units: str) -> None:
+    """Raise a ValueError unless the fitted ring is a bright ring that the annulus holds.
+
+    ``a >= b`` are the fitted semi-axes, ``width`` the ring's Gaussian width, ``offset``
+    the distance of the fitted centre from the annulus centre (coordinate units);
+    ``annulus`` is ``(inner, outer)`` in coordinate units, ``radii`` as the user gave them.
+    A fit is rejected when
+
+    * the ring amplitude is not positive (a dip, or the background's curvature), or is
+      below ``_MIN_RING_SNR`` standard errors (a noise ripple);
+    * the ring's peak misses the annulus: ``a + offset < inner - width`` or
+      ``b - offset > outer + width`` (the annulus holds only the ring's tail);
+    * the semi-axes leave the annulus by more than ``m = min(3 width, (outer - inner)/2)``:
+      ``b + offset < inner - m`` or ``a - offset > outer + m``.
+    """
+    r_in, r_out = annulus
+    given = f"radii={tuple(float(r) for r in radii)!r}" + (" pixels" if pixels else "")
+    found = (f"the fit found semi-axes a = {a:.4g}, b = {b:.4g} {units}, width {width:.3g} "
+             f"{units} and ring amplitude {amplitude:.4g} ({snr:.3g} standard errors)")
+    hint = ("; choose radii that bracket the ring's peak with room for its width (look at "
+            "the image, e.g. stem4d.plot.show_diffraction)")
+    if not amplitude > 0:
+        raise ValueError(f"fit_ellipse found no bright ring in the annulus {given}: {found}; "
+                         f"a ring's amplitude must be positive{hint}")
+    if not snr >= _MIN_RING_SNR:
+        raise ValueError(f"fit_ellipse found no significant ring in the annulus {given}: "
+                         f"{found}; at least {_MIN_RING_SNR:g} standard errors are needed{hint}")
+    if a + offset < r_in - width or b - offset > r_out + width:
+        raise ValueError(
+            f"fit_ellipse found a ring whose peak lies outside the annulus {given} ({r_in:.4g} "
+            f"to {r_out:.4g} {units}): {found}; the annulus holds only its tail{hint}"
+        )
+    margin = min(3.0 * width, 0.5 * (r_out - r_in))
+    if b + offset < r_in - margin or a - offset > r_out + margin:
+        raise ValueError(
+            f"fit_ellipse found a ring reaching outside the annulus {given} ({r_in:.4g} to "
+            f"{r_out:.4g} {units}, allowing {margin:.3g} {units} for the ring's width): "
+            f"{found}{hint}"
+        )
+
+
 def fit_ellipse(
     image: xr.DataArray | np.ndarray,
     *,
@@ -232,7 +292,18 @@ def fit_ellipse(
     ``(-pi/2, pi/2]``); ``ratio = a / b``; ``width`` the Gaussian radial width at the
     radius ``sqrt(a b)`` (coordinate units); ``amplitude``, ``background`` and
     ``background_slope`` (per unit of ``rho``) in the image's units. Attrs: the number of
-    pixels fitted and the rms residual.
+    pixels fitted, the rms residual and ``amplitude_snr``, the amplitude over its standard
+    error.
+
+    Raises
+    ------
+    ValueError
+        When the fit does not find the ring in the annulus, instead of returning a
+        confident wrong ellipse: the ring amplitude is not positive or below 5 standard
+        errors, the ring's peak misses the annulus (it holds only the tail), or the
+        semi-axes reach outside it by more than ``min(3 width, (outer - inner) / 2)``.
+        Also for a plain array with ``center=None`` (no origin: give
+        ``center=(row, col), pixels=True``).
     """
     img = _as_pattern(image, "image")
     sx, sy, units = q_pixel_size(img)
@@ -252,6 +323,13 @@ def fit_ellipse(
         ci, cj = _center(center)
         cx, cy = qx[0] + ci * sx, qy[0] + cj * sy
     elif center is None:
+        if not isinstance(image, xr.DataArray):
+            raise ValueError(
+                "fit_ellipse with center=None needs the origin (q = 0) of a (qx, qy) "
+                f"DataArray, but image is a plain {type(image).__name__} (pixel coordinates, "
+                "no origin): give the ring's centre as a pixel index with "
+                "center=(row, col), pixels=True (radii are then in pixels too)"
+            )
         _require_origin(img, "image", "fit_ellipse with center=None")
         cx, cy = 0.0, 0.0
     else:
@@ -298,9 +376,14 @@ def fit_ellipse(
             f"{r_out:.4g}) {units} around ({cx:.4g}, {cy:.4g}): check that radii bracket "
             "the ring and center is near its centre"
         )
+    q0x, q0y = cx + p[0] * scale, cy + p[1] * scale
+    width = float(abs(p[5]) * np.sqrt(a * b))
+    snr = _amplitude_snr(res)
+    _check_ring_in_annulus(float(a), float(b), width, float(p[6]), snr,
+                           float(np.hypot(p[0], p[1]) * scale), (r_in, r_out), radii, pixels,
+                           units)
     vec = evecs[:, 0]
     theta = _half_turn(float(np.arctan2(vec[1], vec[0])))
-    q0x, q0y = cx + p[0] * scale, cy + p[1] * scale
     rms = float(np.sqrt(np.mean(res.fun**2)))
     img_units = img.attrs.get("units", "arbitrary")
     cu = {"units": units}
@@ -314,12 +397,12 @@ def fit_ellipse(
             "b": ((), float(b), cu),
             "theta": ((), theta, {"units": "rad"}),
             "ratio": ((), float(a / b), {"units": ""}),
-            "width": ((), float(abs(p[5]) * np.sqrt(a * b)), cu),
+            "width": ((), width, cu),
             "amplitude": ((), float(p[6]), {"units": img_units}),
             "background": ((), float(p[7]), {"units": img_units}),
             "background_slope": ((), float(p[8]), {"units": img_units}),
         },
-        attrs={"n_pixels": int(sel.sum()), "rms_residual": rms,
+        attrs={"n_pixels": int(sel.sum()), "rms_residual": rms, "amplitude_snr": snr,
                "radii": [float(r_in), float(r_out)], "converged": int(res.success),
                "convention": "rho^2 = (q-q0)^T R(theta) diag(1/a^2, 1/b^2) R(-theta) (q-q0); "
                              "see stem4d.calibrate"},

@@ -5,7 +5,7 @@ pixels**: a fractional ``(row, column)`` index of the detector, pixel ``(i, j)``
 its centre at ``(i, j)`` (``docs/conventions.md``). The steps are
 
 1. :func:`measure_origin` — per scan position, by centre of mass (``"com"``), by the
-   maximum of the smoothed pattern (``"max"``) or by cross-correlation with a probe
+   maximum of the filtered pattern (``"max"``) or by cross-correlation with a probe
    template (``"xcorr"``); returns a Dataset ``qx0``, ``qy0`` (and a quality figure) over
    ``(rx, ry)``;
 2. :func:`fit_origin` — a smooth model of the measured origin over the scan (plane,
@@ -42,7 +42,7 @@ _MODELS = ("plane", "parabola", "bezier")
 _BATCH_BYTES = 16 * 2**20  # float32 patterns per batch of the kernels
 _QUALITY = {
     "com": "fraction of the pattern's intensity inside the final centre-of-mass window",
-    "max": "maximum of the Gaussian-smoothed pattern (intensity units)",
+    "max": "maximum of the median-filtered, Gaussian-smoothed pattern (intensity units)",
     "xcorr": "normalized cross-correlation at the peak, sum(P T) / (|P| |T|), in [-1, 1]",
 }
 
@@ -57,19 +57,42 @@ def _moments(w: np.ndarray, ii: np.ndarray, jj: np.ndarray) -> tuple[np.ndarray,
         return total, mx / total, my / total
 
 
-def _smooth_max(p: np.ndarray) -> np.ndarray:
-    """Maximum of each pattern smoothed by a 1-pixel Gaussian (robust to lone pixels)."""
-    return ndimage.gaussian_filter(p, (0, 1.0, 1.0), mode="nearest").max(axis=(1, 2))
+def _median3x3(p: np.ndarray) -> np.ndarray:
+    """3 x 3 median filter of each pattern of ``p`` ``(N, nx, ny)`` (edges: nearest pixel).
+
+    Equal to ``scipy.ndimage.median_filter(p, size=(1, 3, 3), mode="nearest")`` and about
+    20 times faster: the column triples are sorted once, and the median of a 3 x 3 window
+    is the median of (largest column minimum, median of the column medians, smallest
+    column maximum). Runs over a few patterns at a time, so the temporaries stay in cache.
+    """
+    out = np.empty_like(p)
+    ny = p.shape[2]
+    step = max(1, 2**18 // max(p.shape[1] * ny, 1))
+    for start in range(0, p.shape[0], step):
+        q = np.pad(p[start:start + step], ((0, 0), (1, 1), (1, 1)), mode="edge")
+        a, b, c = q[:, :-2], q[:, 1:-1], q[:, 2:]  # the vertical triple of every pixel
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        mid = np.minimum(hi, c)
+        hi = np.maximum(hi, c)
+        lo, mid = np.minimum(lo, mid), np.maximum(lo, mid)
+        c0, c1, c2 = slice(0, ny), slice(1, ny + 1), slice(2, ny + 2)
+        big_lo = np.maximum(np.maximum(lo[..., c0], lo[..., c1]), lo[..., c2])
+        small_hi = np.minimum(np.minimum(hi[..., c0], hi[..., c1]), hi[..., c2])
+        m0, m1, m2 = mid[..., c0], mid[..., c1], mid[..., c2]
+        med = np.maximum(np.minimum(m0, m1), np.minimum(np.maximum(m0, m1), m2))
+        out[start:start + step] = np.maximum(np.minimum(big_lo, med),
+                                             np.minimum(np.maximum(big_lo, med), small_hi))
+    return out
 
 
-def _half_max_radius(p: np.ndarray, smooth_max: np.ndarray) -> np.ndarray:
+def _half_max_radius(p: np.ndarray, maximum: np.ndarray) -> np.ndarray:
     """Radius (pixels) of the disk of equal area to the pixels above half the maximum.
 
     A coarse per-pattern size, batched over many patterns, that only sets the default
     window (``"com"``) and smoothing (``"max"``); :func:`stem4d.probe.measure_disk` is the
     measurement of a disk (a threshold sweep of one image, far too slow per pattern).
     """
-    half = (p >= (0.5 * smooth_max).astype(p.dtype)[:, None, None]).sum(axis=(1, 2))
+    half = (p >= (0.5 * maximum).astype(p.dtype)[:, None, None]).sum(axis=(1, 2))
     return np.sqrt(half / np.pi)
 
 
@@ -83,12 +106,14 @@ def _com_kernel(p: np.ndarray, threshold: float, radius: float | None, iteration
     n, nx, ny = p.shape
     ii = np.arange(nx, dtype=np.float64)
     jj = np.arange(ny, dtype=np.float64)
-    smooth_max = _smooth_max(p)
-    level = (threshold * smooth_max).astype(p.dtype)[:, None, None]
-    # 1. first estimate: centre of mass of the intensity above the threshold
-    _, cx, cy = _moments(np.clip(p - level, 0, None), ii, jj)
+    med = _median3x3(p)
+    robust_max = med.max(axis=(1, 2))
+    level = (threshold * robust_max).astype(p.dtype)[:, None, None]
+    # 1. first estimate: centre of mass of the median-filtered intensity above the
+    # threshold (hot pixels are not in it, so they cannot pull it off the disk)
+    _, cx, cy = _moments(np.clip(med - level, 0, None), ii, jj)
     if radius is None:  # the window adds room for the blurred edge
-        rad = _half_max_radius(p, smooth_max) + 1.5
+        rad = _half_max_radius(med, robust_max) + 1.5
     else:
         rad = np.full(n, float(radius))
     total_all = p.sum(axis=(1, 2), dtype=np.float64)
@@ -124,23 +149,26 @@ def _com_kernel(p: np.ndarray, threshold: float, radius: float | None, iteration
 
 
 def _max_kernel(p: np.ndarray, sigma: float | None, subpixel: bool) -> np.ndarray:
-    """Argmax of each Gaussian-smoothed pattern, parabolic refinement; ``(N, 3)``.
+    """Argmax of each 3 x 3 median-filtered, Gaussian-smoothed pattern, parabolic
+    refinement; ``(N, 3)``.
 
+    The median filter removes hot pixels before the smoothing spreads them.
     ``sigma=None``: per pattern, half the half-maximum disk radius rounded to whole
     pixels (patterns sharing a value are filtered together).
     """
     n, nx, ny = p.shape
+    med = _median3x3(p)
     if sigma is None:
-        sigmas = np.round(_half_max_radius(p, _smooth_max(p))) / 2.0
-        s = np.empty_like(p)
+        sigmas = np.round(_half_max_radius(med, med.max(axis=(1, 2)))) / 2.0
+        s = np.empty_like(med)
         for value in np.unique(sigmas):
             sel = np.flatnonzero(sigmas == value)
-            s[sel] = (ndimage.gaussian_filter(p[sel], (0, value, value), mode="nearest")
-                      if value > 0 else p[sel])
+            s[sel] = (ndimage.gaussian_filter(med[sel], (0, value, value), mode="nearest")
+                      if value > 0 else med[sel])
     elif sigma > 0:
-        s = ndimage.gaussian_filter(p, (0, sigma, sigma), mode="nearest")
+        s = ndimage.gaussian_filter(med, (0, sigma, sigma), mode="nearest")
     else:
-        s = p
+        s = med
     flat = s.reshape(n, -1).argmax(axis=1)
     ix, iy = np.divmod(flat, ny)
     rows = np.arange(n)
@@ -293,17 +321,20 @@ def measure_origin(
         Datacube ``(rx, ry, qx, qy)``, numpy- or dask-backed.
     method
         * ``"com"``: centre of mass of the central disk, in two steps. (1) A first
-          estimate is the centre of mass of ``max(I - threshold * M, 0)``, ``M`` the
-          maximum of the pattern smoothed by a 1-pixel Gaussian (so the central disk,
-          brighter than the Bragg disks, dominates). (2) The centre of mass of the
-          intensity inside a disk window of ``radius`` pixels (soft, one pixel wide
-          edge) around the estimate, repeated up to ``iterations`` times until it moves
-          by less than 1e-4 pixel. Accurate for a disk among Bragg disks as long as the
-          window holds the whole central disk and little of its neighbours.
-        * ``"max"``: argmax of the pattern smoothed by a Gaussian of ``sigma`` pixels,
-          refined by a parabola through the neighbouring pixels (``subpixel``). Fast;
-          on noisy flat-topped disks it needs ``sigma`` of about half the disk radius
-          (the default), and is then good to ~0.1 pixel.
+          estimate is the centre of mass of ``max(Im - threshold * M, 0)``, ``Im`` the
+          pattern filtered by a 3 x 3 median and ``M`` its maximum (so the central disk,
+          brighter than the Bragg disks, dominates, and hot pixels, which the median
+          removes, neither set ``M`` nor pull the estimate). (2) The centre of mass of
+          the (unfiltered) intensity inside a disk window of ``radius`` pixels (soft,
+          one pixel wide edge) around the estimate, repeated up to ``iterations`` times
+          until it moves by less than 1e-4 pixel. Accurate for a disk among Bragg disks
+          as long as the window holds the whole central disk and little of its
+          neighbours (a hot pixel inside the window does bias it: hide it with ``mask``).
+        * ``"max"``: argmax of the pattern filtered by a 3 x 3 median (which removes hot
+          pixels) and smoothed by a Gaussian of ``sigma`` pixels, refined by a parabola
+          through the neighbouring pixels (``subpixel``). Fast; on noisy flat-topped
+          disks it needs ``sigma`` of about half the disk radius (the default), and is
+          then good to ~0.1 pixel.
         * ``"xcorr"``: peak of the cross-correlation of each pattern with ``template``
           (computed by real FFTs, many patterns per call), refined by a matrix DFT on a
           grid ``1/upsample`` pixel fine and a final parabola (``upsample=1``: parabola
@@ -321,14 +352,17 @@ def measure_origin(
         ignored.
     radius
         ``"com"``: window radius, pixels. Default: per pattern, the radius of the disk
-        of equal area to the pixels above half the smoothed maximum, plus 1.5 pixels.
+        of equal area to the pixels of the median-filtered pattern above half its
+        maximum, plus 1.5 pixels.
     threshold
-        ``"com"``: fraction of the smoothed maximum subtracted for the first estimate.
+        ``"com"``: fraction of the median-filtered maximum subtracted for the first
+        estimate.
     iterations
         ``"com"``: maximum number of window refinements (0: threshold step only).
     sigma
-        ``"max"``: Gaussian smoothing, pixels. Default: per pattern, half the radius of
-        the disk of equal area to the pixels above half the maximum, rounded to 0.5.
+        ``"max"``: Gaussian smoothing, pixels (0: the median-filtered pattern itself).
+        Default: per pattern, half the radius of the disk of equal area to the pixels of
+        the median-filtered pattern above half its maximum, rounded to 0.5.
     subpixel
         ``"max"``/``"xcorr"``: refine the integer peak.
     upsample
@@ -343,7 +377,7 @@ def measure_origin(
     Dataset over ``(rx, ry)`` (the cube's scan coordinates) with ``qx0``, ``qy0``: the
     origin, fractional detector row and column index (``units`` ``"pixels"``; NaN for an
     empty pattern), and ``quality``: ``"com"`` the fraction of the intensity inside the
-    final window, ``"max"`` the smoothed peak value, ``"xcorr"`` the normalized
+    final window, ``"max"`` the filtered peak value, ``"xcorr"`` the normalized
     cross-correlation peak. Lazy (dask) for a dask cube. Use :func:`fit_origin` to
     smooth it and :func:`apply_origin` to put it on the cube.
     """

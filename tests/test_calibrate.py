@@ -144,6 +144,40 @@ def test_fit_ellipse_dask_image_and_bragg_vector_map_like_ring():
     assert _angle_deg(float(f.theta), 0.25) < 1.0
 
 
+@pytest.fixture(scope="module")
+def sharp_ring() -> tuple[xr.DataArray, xr.Dataset]:
+    return sim.ring_pattern((128, 128), radius=35, width=1.5, ellipse=(1.03, 0.98, 0.4),
+                            dose=500, seed=2)
+
+
+@pytest.mark.parametrize("radii", [(20, 36), (36, 50), (26, 41), (32, 36)])
+def test_fit_ellipse_annuli_that_hold_the_ring(sharp_ring, radii):
+    """Annuli holding the ring's peak (even at their edge) fit it: a = 36.05, b = 34.3."""
+    p, t = sharp_ring
+    f = cal.fit_ellipse(p, radii=radii)
+    assert _rel(float(f.a), float(t.ring_a)) < 0.003
+    assert _rel(float(f.b), float(t.ring_b)) < 0.003
+    assert float(f.amplitude) > 0 and f.attrs["amplitude_snr"] > 10  # measured 16 to 700
+
+
+@pytest.mark.parametrize(("radii", "match"), [
+    # the fit returned a ~ 18, 68 and 23 (true 36) with a negative amplitude, converged=1
+    ((10, 25), "no bright ring in the annulus radii=\\(10.0, 25.0\\).*amplitude -13"),
+    ((50, 60), "no bright ring in the annulus radii=\\(50.0, 60.0\\).*a = 68"),
+    ((5, 12), "no bright ring.*must be positive"),
+    # a noise ripple (amplitude 0.7 of a ring of 500): a = 45.8, inside the annulus
+    ((44, 52), "no significant ring.*at least 5 standard errors"),
+    # only the ring's inner tail in the annulus: a = 36.35 (0.8 % off)
+    ((38, 46), "peak lies outside the annulus.*only its tail"),
+    # the ring's peak just beyond the outer radius: b = 34.25 > 33
+    ((29, 33), "reaching outside the annulus"),
+])
+def test_fit_ellipse_rejects_an_annulus_that_misses_the_ring(sharp_ring, radii, match):
+    p, _ = sharp_ring
+    with pytest.raises(ValueError, match=match):
+        cal.fit_ellipse(p, radii=radii)
+
+
 def test_fit_ellipse_errors():
     p, _ = sim.ring_pattern((48, 48), radius=15, width=2)
     with pytest.raises(ValueError, match="at least 30 are needed"):
@@ -154,6 +188,9 @@ def test_fit_ellipse_errors():
         cal.fit_ellipse(p, radii=12)
     no_origin = xr.DataArray(p.values, dims=("qx", "qy"))
     with pytest.raises(ValueError, match="no origin set"):
+        cal.fit_ellipse(no_origin, radii=(10, 20))
+    # a plain array has no origin: the message says how to give the centre
+    with pytest.raises(ValueError, match=r"plain ndarray.*center=\(row, col\), pixels=True"):
         cal.fit_ellipse(no_origin.values, radii=(10, 20))
     with pytest.raises(ValueError, match="dims \\('qx', 'qy'\\)"):
         cal.fit_ellipse(p.expand_dims("rx"), radii=(10, 20))
@@ -652,6 +689,16 @@ def test_plots(disks_on_ring):
     f = cal.fit_ellipse(p, radii=(12, 28))
     fig = pcal.show_ellipse(p, f, radii=f.attrs["radii"])
     assert len(fig.axes[0].lines) >= 5
+    # a plain 2-D array (pixels from 0), fitted about a pixel centre, as fit_ellipse reads it
+    g = cal.fit_ellipse(p.values, radii=(12, 28), center=(31.5, 31.5), pixels=True)
+    fig_np = pcal.show_ellipse(p.values, g)
+    ax = fig_np.axes[0]
+    ring = ax.lines[0]  # the fitted ellipse: x is qy, y is qx, about the pixel centre
+    assert np.mean(ring.get_xdata()[:-1]) == pytest.approx(31.5, abs=0.01)  # closed: 361 pts
+    assert np.mean(ring.get_ydata()[:-1]) == pytest.approx(31.5, abs=0.01)
+    assert np.ptp(ring.get_ydata()) / 2 == pytest.approx(float(g.a), rel=0.05)  # theta 0.3
+    np.testing.assert_allclose(ax.images[0].get_extent(), [-0.5, 63.5, 63.5, -0.5])
+    assert ax.get_xlabel() == "qy (pixels)"
     total, _ = disks_on_ring
     fig2 = pcal.show_radial_background(cal.radial_background(total))
     assert len(fig2.axes) == 3

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ..datacube import _as_pattern
 from ._common import _extent, _label, _pyplot
 
 
@@ -20,7 +21,7 @@ def _axes(ax: Any, figsize: tuple[float, float] = (4.5, 4)) -> tuple[Any, Any]:
 
 
 def show_ellipse(
-    image: xr.DataArray,
+    image: xr.DataArray | np.ndarray,
     ellipse: xr.Dataset,
     *,
     radii: Sequence[float] | None = None,
@@ -34,10 +35,13 @@ def show_ellipse(
     with its centre and major axis; ``radii`` (coordinate units, e.g. the fit's
     ``attrs["radii"]``) adds the annulus used for the fit, about the fitted centre.
     Rows (``qx``) run down, columns (``qy``) to the right. ``log`` shows log(1 + I - min).
+    ``image`` is a ``(qx, qy)`` DataArray or a 2-D array (drawn in pixels from 0, as
+    ``fit_ellipse`` reads it: fit it with ``center=(row, col), pixels=True``).
     Returns the figure.
     """
+    image = _as_pattern(image if hasattr(image, "ndim") else np.asarray(image), "image")
     fig, ax = _axes(ax)
-    values = np.asarray(image.transpose("qx", "qy").values, dtype=float)
+    values = np.asarray(image.values, dtype=float)
     shown = np.log1p(values - np.nanmin(values)) if log else values
     ax.imshow(shown, extent=_extent(image, "qx", "qy"), cmap="magma")
     x0, y0 = float(ellipse["qx0"]), float(ellipse["qy0"])
