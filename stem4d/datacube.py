@@ -516,7 +516,9 @@ def calibration_summary(obj: xr.DataArray | xr.Dataset) -> dict[str, Any]:
             )
     for name, var in obj.coords.items():
         if var.ndim == 0:
-            out[str(name)] = f"{var.values.item()!r} {var.attrs.get('units', '')}".strip()
+            value = var.values.item()
+            text = f"{value:.8g}" if isinstance(value, float) else repr(value)
+            out[str(name)] = f"{text} {var.attrs.get('units', '')}".strip()
     return out
 
 

@@ -267,3 +267,14 @@ def test_import_does_not_load_jax():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_calibration_summary_reads_like_a_calibration():
+    cube = s4.datacube(np.zeros((2, 3, 8, 8), np.float32), r_step=2.0, r_units="Å",
+                       q_step=0.025, q_units="1/Å", beam_energy=300e3,
+                       convergence_semiangle=2.6249985342465063, origin=(3.5, 4.0))
+    summary = s4.calibration_summary(cube)
+    assert summary["rx step"] == "2 Å" and summary["qy step"] == "0.025 1/Å"
+    assert summary["origin (pixels)"] == "(3.500, 4.000)"
+    assert summary["beam_energy"] == "300000 eV"
+    assert summary["convergence_semiangle"] == "2.6249985 mrad"  # 8 significant digits
