@@ -1062,7 +1062,8 @@ def subtract_radial_background(
     """Patterns minus their :func:`radial_background` (per pattern; one pass, lazy on dask).
 
     Parameters as in :func:`radial_background`. Returns float32 data with every coordinate
-    and attr of ``obj`` kept.
+    and attr of ``obj`` kept; the ``exclude`` pixels (e.g. a beamstop, which holds no
+    signal) are set to 0 rather than left at minus the background.
     """
     src = obj
     obj, ox, oy, rings, sig = _prepare_rings(obj, "obj", bin_width, sigma, exclude,
@@ -1073,6 +1074,10 @@ def subtract_radial_background(
         output_core_dims=[list(DETECTOR_DIMS)],
         kwargs={"rings": rings, "sigma": sig, "what": "subtract"},
         dask="parallelized", output_dtypes=[np.float32])
+    if rings.exclude is not None:
+        blocked = xr.DataArray(rings.exclude.reshape(obj.sizes["qx"], obj.sizes["qy"]),
+                               dims=DETECTOR_DIMS)
+        out = out.where(~blocked, np.float32(0.0))
     out = out.transpose(*src.dims).assign_coords(
         {k: v.variable for k, v in src.coords.items()})
     out.attrs = dict(src.attrs)

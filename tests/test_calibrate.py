@@ -624,6 +624,17 @@ def test_radial_background_exclude_and_errors(disks_on_ring):
     inner = (ring_only.q > 8) & (ring_only.q < 30)  # rings the hole does not cover whole
     assert np.abs(good - ring_only)[inner].max() < 0.15
     assert np.abs(bad - ring_only)[inner].max() > 0.3
+    # subtracting: the excluded pixels hold no signal and become 0, the rest is the
+    # pattern minus the background estimated without them (numpy and dask alike)
+    sub = cal.subtract_radial_background(zeroed, exclude=hole)
+    assert float(np.abs(sub.values[hole]).max()) == 0.0
+    background = cal.radial_background(zeroed, exclude=hole).background.values
+    np.testing.assert_allclose(sub.values[~hole], (zeroed.values - background)[~hole],
+                               rtol=1e-5, atol=1e-6)
+    lazy = cal.subtract_radial_background(total.chunk({"rx": 1}), exclude=hole)
+    np.testing.assert_allclose(lazy.values, cal.subtract_radial_background(
+        total, exclude=hole).values, rtol=1e-6, atol=1e-6)
+    assert float(np.abs(lazy.values[..., hole]).max()) == 0.0
     no_origin = pattern.assign_coords(qx=("qx", np.arange(80.0), {"units": "pixels"}),
                                       qy=("qy", np.arange(80.0), {"units": "pixels"}))
     with pytest.raises(ValueError, match="radial background needs the origin.*no origin set"):
