@@ -277,6 +277,13 @@ def _block_reduce(
             res = np.rint(res)
         if not (res.dtype.kind in "iu" and np.can_cast(res.dtype, out, "safe")):
             _check_fits(res, out)
+    elif out.kind == "f" and out.itemsize < res.dtype.itemsize and res.size:
+        biggest = float(np.nanmax(np.abs(res))) if np.isfinite(res).any() else 0.0
+        if biggest > float(np.finfo(out).max):
+            raise ValueError(
+                f"dtype={out} cannot hold the binned values: they reach "
+                f"{_fmt_number(biggest)} in magnitude, but {out} holds up to "
+                f"{_fmt_number(float(np.finfo(out).max))}; pass a wider dtype or dtype=None")
     return res.astype(out, copy=False)
 
 
@@ -635,7 +642,9 @@ def _bin(
         raise TypeError(
             f"dtype must be a complex dtype (or None) to bin complex data, got {dtype!r}"
         )
-    acc = out_dtype if out_dtype.kind in "fc" else default
+    # accumulate in at least single precision (float16 sums overflow and lose digits)
+    acc = (np.promote_types(out_dtype, np.float32 if out_dtype.kind == "f" else np.complex64)
+           if out_dtype.kind in "fc" else default)
     axes = (CUBE_DIMS.index(dims[0]), CUBE_DIMS.index(dims[1]))
     trim = [slice(None)] * 4
     for ax, f in zip(axes, factors, strict=True):

@@ -584,3 +584,14 @@ def test_pad_integer_cube_rejects_fractional_value():
     c = make_cube(np.ones((1, 1, 4, 4), dtype=np.uint16))
     with pytest.raises(ValueError, match="value must be an integer"):
         pp.pad_q(c, factor=2, value=0.5)
+
+
+def test_bin_into_float16_accumulates_in_float32_and_refuses_overflow():
+    small = s4.datacube(np.full((1, 2, 4, 4), 6.0, np.float32))
+    out = s4.bin_q(small, 2, dtype="float16")
+    assert out.dtype == np.float16 and np.all(out.values == 24.0)
+    big = s4.datacube(np.full((1, 2, 4, 4), 60000.0, np.float32))  # float16 holds 65504
+    with pytest.raises(ValueError, match="float16 cannot hold the binned values: they "
+                                         "reach 240000"):
+        s4.bin_q(big, 2, dtype="float16")
+    assert s4.bin_q(big, 2, reduce="mean", dtype="float16").values.max() == 60000.0
