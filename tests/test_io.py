@@ -264,7 +264,7 @@ def test_describe_lists_calibration(tmp_path):
     assert str(path) in text and "stem4d netCDF" in text and "DataArray 'scan 1'" in text
     assert "rx=4, ry=5, qx=6, qy=7" in text and "float32" in text and "chunks" in text
     assert "rx step: 1.5 Å" in text and "qy step: 0.025 1/Å" in text
-    assert "beam_energy: 300000.0 eV" in text
+    assert "beam_energy: 300000 eV" in text
     tree = xr.DataTree.from_dict({"/a": xr.Dataset({"cube": make_cube()})})
     text = stem4d.io.describe(stem4d.save(tree, tmp_path / "t.zarr"))
     assert "node /a" in text and "variable 'cube'" in text and "qx step: 0.02 1/Å" in text
