@@ -246,14 +246,17 @@ def _write(obj: xr.Dataset | xr.DataTree, target: Path, fmt: str, kwargs: dict) 
         obj.to_netcdf(target, engine="h5netcdf", **options)
 
 
-def _remove(path: Path, attempts: int = 20, wait_s: float = 0.05) -> None:
-    """Remove a file or directory tree; retried while remote writers may still add to it."""
+def _remove(path: Path, settle: int = 0, wait_s: float = 0.05) -> None:
+    """Remove a file or directory tree. ``settle`` > 0: after a failed write, check up to
+    that many times, ``wait_s`` apart, that no writer still running elsewhere (a
+    ``dask.distributed`` worker) re-created it, and remove it again if one did."""
     if path.is_dir() and not path.is_symlink():
-        for _ in range(attempts):
-            shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(path, ignore_errors=True)
+        for _ in range(settle):
             time.sleep(wait_s)
             if not path.exists():
                 return
+            shutil.rmtree(path, ignore_errors=True)
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -368,7 +371,7 @@ def save(
         _write(out, tmp, fmt, kwargs)
         _swap_into_place(tmp, path)
     except BaseException:
-        _remove(tmp)
+        _remove(tmp, settle=20)
         raise
     return path
 

@@ -119,8 +119,9 @@ def simulate_ptychography(
     patterns
         DataArray ``("scan", "qx", "qy")`` float32, ``qx``/``qy`` in 1/Å (zero at pixel
         N//2), 0-d coords ``beam_energy`` (eV) and ``convergence_semiangle`` (mrad),
-        ``position_rx``/``position_ry`` (Å, along ``scan``), attrs ``scan_shape`` and
-        ``scan_step`` (Å).
+        and the scan as :func:`stem4d.ptycho.measurements.to_stack` lays it out:
+        positions ``rx``/``ry`` along ``scan`` (Å, ``attrs["step"]``) and the scan shape
+        ``n_rx``/``n_ry``.
     truth
         Dataset: ``phase`` (rx, ry) on the object grid (coordinates in Å, scan frame),
         ``probe`` (probe_x, probe_y) complex, ``positions`` (scan, component) Å; attrs
@@ -180,15 +181,16 @@ def simulate_ptychography(
     coords = {
         "qx": ("qx", q, {"units": "1/Å", "step": dk}),
         "qy": ("qy", q.copy(), {"units": "1/Å", "step": dk}),
-        "position_rx": ("scan", pos_a[:, 0], {"units": "Å"}),
-        "position_ry": ("scan", pos_a[:, 1], {"units": "Å"}),
+        "rx": ("scan", pos_a[:, 0], {"units": "Å", "step": float(step)}),
+        "ry": ("scan", pos_a[:, 1], {"units": "Å", "step": float(step)}),
+        "n_rx": ((), slow, {"units": "positions", "axis": "slow"}),
+        "n_ry": ((), fast, {"units": "positions", "axis": "fast"}),
         "beam_energy": ((), float(beam_energy), {"units": "eV"}),
         "convergence_semiangle": ((), float(convergence_semiangle), {"units": "mrad"}),
     }
     data = xr.DataArray(patterns.astype(np.float32), dims=("scan", "qx", "qy"),
                         coords=coords, name="patterns",
-                        attrs={"scan_shape": [slow, fast], "scan_step": float(step),
-                               "dose": "none" if dose is None else float(dose)})
+                        attrs={"dose": "none" if dose is None else float(dose)})
     origin = offset * dx  # scan-frame position of object pixel 0 is -origin
     px = np.arange(n) - n // 2
     truth = xr.Dataset(

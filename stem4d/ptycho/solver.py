@@ -147,9 +147,6 @@ def model_patterns(
 
 def _scan_step_of(meas: xr.DataArray) -> tuple[float, float] | None:
     """Scan step (slow, fast) in Å that the measurements carry, or None."""
-    if "scan_step" in meas.attrs and "rx" not in meas.coords:  # stem4d.ptycho.simulate
-        step = float(meas.attrs["scan_step"])
-        return step, step
     steps = []
     for d in ("rx", "ry"):
         c = meas.coords.get(d)
