@@ -751,6 +751,10 @@ def index_peaks(vectors: xr.Dataset, g1: Any, g2: Any = None, *, tolerance: floa
 
 
 # ====================================================================== lattice fit
+class _NoFitError(ValueError):
+    """No scan position could be fitted (see :func:`_no_fit_message`)."""
+
+
 def _no_fit_message(vectors: xr.Dataset | None, basis: np.ndarray, n_peaks: np.ndarray,
                     min_peaks: int, what: str, units: str = "", frame: str = "") -> str:
     """Why no position could be fitted: the basis lengths against the vectors' lengths
@@ -862,7 +866,7 @@ def fit_lattice(
     else:
         out = _fit_block(np.asarray(vx), np.asarray(vy), np.asarray(w), params=params)
         if not np.any(out[..., 8] > 0.5):
-            raise ValueError(_no_fit_message(vectors, basis, out[..., 6], int(min_peaks),
+            raise _NoFitError(_no_fit_message(vectors, basis, out[..., 6], int(min_peaks),
                                              "(g1, g2)"))
     units = _units(vectors)
     vdims = ("rx", "ry", _COMPONENT)
@@ -1109,8 +1113,8 @@ def strain_map(
         try:
             lattice = fit_lattice(vectors, b1, b2, tolerance=tolerance, min_peaks=min_peaks,
                                   weights=weights, fit_origin=fit_origin)
-        except ValueError as err:
-            if basis_from_reference and "no scan position could be fitted" in str(err):
+        except _NoFitError as err:
+            if basis_from_reference:
                 raise ValueError(f"reference (used as the indexing basis, as basis=None): "
                                  f"{err}") from None
             raise
