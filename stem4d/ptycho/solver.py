@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from ..datacube import electron_wavelength
 from . import result as _result
+from .measurements import _scan_step_angstrom
 from .model import ModelSpec, batch_loss, fixed_geometry
 from .optics import fresnel_propagator, make_probe, probe_modes
 from .params import PtychoParams, ScanParams, load_params
@@ -145,24 +146,6 @@ def model_patterns(
     return data, float(dk)
 
 
-def _scan_step_of(meas: xr.DataArray) -> tuple[float, float] | None:
-    """Scan step (slow, fast) in Å that the measurements carry, or None."""
-    steps = []
-    for d in ("rx", "ry"):
-        c = meas.coords.get(d)
-        if c is None or c.attrs.get("units") not in ("Å", "A", "Angstrom"):
-            return None
-        if d in meas.dims:  # a cube: the axis coordinate
-            if c.size < 2:
-                return None
-            steps.append(float(c.values[1] - c.values[0]))
-        elif "step" in c.attrs:  # a stack made by to_stack
-            steps.append(float(c.attrs["step"]))
-        else:
-            return None
-    return steps[0], steps[1]
-
-
 def _check_calibrations(meas: xr.DataArray, params: PtychoParams) -> None:
     """Refuse measurements whose own calibration disagrees with the parameters."""
     checks = [("beam_energy", params.probe.beam_energy, "probe.beam_energy", "eV")]
@@ -177,8 +160,10 @@ def _check_calibrations(meas: xr.DataArray, params: PtychoParams) -> None:
                     f"the measurements carry {coord} = {carried:g} {units} but {field} = "
                     f"{given:g} {units}: make them agree (stem4d.set_beam on the "
                     f"measurements, or the parameter)")
-    step = _scan_step_of(meas)
-    if step is not None and params.scan.positions is None and params.scan.step is not None:
+    calibrated = all(d in meas.coords and meas.coords[d].attrs.get("units") == "Å"
+                     for d in ("rx", "ry"))
+    if calibrated and params.scan.positions is None and params.scan.step is not None:
+        step = _scan_step_angstrom(meas, "measurements")
         want = params.scan.step_pair()
         if any(abs(a - b) > 1e-3 * abs(b) for a, b in zip(step, want, strict=True)):
             raise ValueError(
